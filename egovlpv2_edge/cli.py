@@ -1,0 +1,54 @@
+"""The ``egovlp`` command: one entry point whose subcommands live beside the code they drive.
+
+Each subcommand is a module exposing ``main(argv) -> int``; it is imported only when called, so
+``egovlp run`` on a torch-free device never imports the training stack.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+# name -> (module, one-line help). Modules are imported lazily.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "model": ("egovlpv2_edge._cli_model", "list presets, show a preset's config, parameters and MACs"),
+    "tokenizer": ("egovlpv2_edge._cli_tokenizer", "train or inspect a tokenizer (tokenizer.json)"),
+    "data": ("egovlpv2_edge.training.data.cli", "generate the synthetic egocentric dataset, inspect data"),
+    "eval": ("egovlpv2_edge.training.eval_cli", "zero-shot EgoMCQ (dual / fusion / ensemble) and text-to-video recall"),
+    "train": ("egovlpv2_edge.training.cli", "pre-train the teacher (EgoNCE + MLM + VTM; torchrun for several processes)"),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: egovlp <command> [options]", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "Run 'egovlp <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch ``egovlp <command> ...`` to the command's own ``main``.
+
+    Args:
+        argv: Arguments without the program name; ``sys.argv[1:]`` when None.
+
+    Returns:
+        The process exit status.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"egovlp: unknown command {name!r}; valid commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""Export specs of the ONNX graphs that together implement the gate switch (optimum-exporters style).
+
+One :class:`GraphSpec` per graph names its inputs and outputs, their dtypes and shapes (``"batch"`` is the only
+dynamic axis; every other size is fixed by the model config), the opset and the tolerance an export must meet
+against PyTorch. The exporter (``egovlpv2_edge.compress``) and the runtime (``egovlpv2_edge.runtime``) read the
+same specs, so a graph and its caller cannot drift apart. This module imports no torch.
+
+The graphs (arXiv 2307.05463, Sec. 3; the split is this project's):
+
+``video_lower``   frames -> tokens entering the first fused video block (cached on the device)
+``video_upper``   those tokens -> L2-normalised dual video embedding (gates off)
+``text_lower``    token ids + mask -> hidden states entering the first fused text layer
+``text_upper``    those states + mask -> L2-normalised dual text embedding (gates off)
+``fused_upper``   video tokens + text states + mask -> VTM logits and fused CLS features (gates on)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from egovlpv2_edge.config import ModelConfig
+
+OPSET = 18
+GRAPH_NAMES = ("video_lower", "video_upper", "text_lower", "text_upper", "fused_upper")
+
+Dim = int | str  # a fixed size, or the name of a dynamic axis
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output.
+
+    Attributes:
+        name: ONNX value name.
+        dtype: ``"float32"`` or ``"int64"`` (graphs in FP16 keep float32 at their boundary).
+        shape: Sizes; a string names a dynamic axis (``"batch"``).
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[Dim, ...]
+
+    def concrete(self, batch: int) -> tuple[int, ...]:
+        """The shape with every dynamic axis set to ``batch``."""
+        return tuple(batch if isinstance(d, str) else d for d in self.shape)
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """What one exported graph takes and returns, and how closely it must match PyTorch.
+
+    Attributes:
+        name: One of :data:`GRAPH_NAMES`.
+        inputs: Input tensors in call order.
+        outputs: Output tensors in return order.
+        opset: ONNX opset (>= 17 so LayerNorm stays one op for TensorRT).
+        atol: Absolute tolerance of an FP32 export against PyTorch.
+    """
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    opset: int = OPSET
+    atol: float = 1e-4
+
+    @property
+    def input_names(self) -> list[str]:
+        """Input names in call order."""
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        """Output names in return order."""
+        return [t.name for t in self.outputs]
+
+
+def graph_specs(cfg: ModelConfig) -> dict[str, GraphSpec]:
+    """The specs of every graph for a model config.
+
+    Args:
+        cfg: The model's architecture.
+
+    Returns:
+        Specs keyed by graph name, in :data:`GRAPH_NAMES` order.
+    """
+    v, t, h = cfg.video, cfg.text, cfg.heads
+    T = 1 + v.num_frames * v.num_patches
+    L = t.max_length
+    frames = TensorSpec("frames", "float32", ("batch", v.num_frames, 3, v.img_size, v.img_size))
+    video_tokens = TensorSpec("video_tokens", "float32", ("batch", T, v.width))
+    input_ids = TensorSpec("input_ids", "int64", ("batch", L))
+    mask = TensorSpec("attention_mask", "int64", ("batch", L))
+    text_tokens = TensorSpec("text_tokens", "float32", ("batch", L, t.width))
+    lower_out = [video_tokens]
+    if cfg.fusion.separate_cls:  # the fused stream starts from its own CLS: its lower tokens differ
+        lower_out.append(TensorSpec("fusion_video_tokens", "float32", ("batch", T, v.width)))
+    fused_video = TensorSpec("fusion_video_tokens" if cfg.fusion.separate_cls else "video_tokens", "float32", video_tokens.shape)
+    specs = [
+        GraphSpec("video_lower", (frames,), tuple(lower_out)),
+        GraphSpec("video_upper", (video_tokens,), (TensorSpec("video_embedding", "float32", ("batch", h.embed_dim)),)),
+        GraphSpec("text_lower", (input_ids, mask), (text_tokens,)),
+        GraphSpec(
+            "text_upper", (text_tokens, mask), (TensorSpec("text_embedding", "float32", ("batch", h.embed_dim)),)
+        ),
+        GraphSpec(
+            "fused_upper",
+            (fused_video, text_tokens, mask),
+            (
+                TensorSpec("vtm_logits", "float32", ("batch", 2)),
+                TensorSpec("fused_video_cls", "float32", ("batch", v.width)),
+                TensorSpec("fused_text_cls", "float32", ("batch", t.width)),
+            ),
+        ),
+    ]
+    return {s.name: s for s in specs}

@@ -1,0 +1,208 @@
+"""TimeSformer video backbone with divided space-time attention and in-backbone gated cross-attention.
+
+Implements the video side of EgoVLPv2 (arXiv 2307.05463, Sec. 3.1-3.2): the Frozen-in-Time block
+(time attention first with CLS as an extra key, its output reaching the stream only through the space
+attention's input), and in the top M blocks a gated text-to-video cross-attention inside the spatial
+attention (``s + alpha * proj(softmax(q k^T / sqrt(d) + mask) v)``, alpha a scalar initialised to 0, no tanh).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.utils.checkpoint
+from torch import nn
+
+from egovlpv2_edge.config import VideoConfig
+from egovlpv2_edge.model.layers import DropPath, Mlp, attend, merge_heads, split_heads
+
+
+class VideoCrossAttention(nn.Module):
+    """Gated cross-attention from video tokens (queries) to text tokens (keys/values)."""
+
+    def __init__(self, width: int, text_width: int, heads: int, eps: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.LayerNorm(width, eps=eps)
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(text_width, 2 * width)
+        self.proj = nn.Linear(width, width)
+        self.gate = nn.Parameter(torch.zeros(1))
+
+    def forward(self, s: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None) -> torch.Tensor:
+        """Add the gated cross-attention output to the spatial-attention output ``s``.
+
+        Args:
+            s: Spatial-attention output ``(B, T, Dv)`` before the block residual.
+            text: Text hidden states entering the paired text layer ``(B, L, Dt)``, not normalised.
+            text_mask: Additive padding mask ``(B, 1, 1, L)`` or None.
+
+        Returns:
+            ``(B, T, Dv)``.
+        """
+        q = split_heads(self.q(self.norm(s)), self.heads)  # (B, H, T, d)
+        k, v = self.kv(text).chunk(2, dim=-1)
+        out = attend(q, split_heads(k, self.heads), split_heads(v, self.heads), text_mask)  # (B, H, T, d)
+        return s + self.gate * self.proj(merge_heads(out))
+
+
+class DividedAttention(nn.Module):
+    """Self-attention over time (same patch across frames) or space (within a frame), CLS attending to all.
+
+    The CLS query attends to every token; a patch query attends within its group plus the CLS key.
+    Tokens are ordered ``[CLS, f0p0, f0p1, ..., f1p0, ...]`` (frame-major).
+    """
+
+    def __init__(self, cfg: VideoConfig, mode: Literal["time", "space"], text_width: int | None = None) -> None:
+        super().__init__()
+        self.mode = mode
+        self.heads = cfg.heads
+        self.qkv = nn.Linear(cfg.width, 3 * cfg.width, bias=cfg.qkv_bias)
+        self.proj = nn.Linear(cfg.width, cfg.width)
+        self.cross = None
+        if text_width is not None:
+            self.cross = VideoCrossAttention(cfg.width, text_width, cfg.heads, cfg.ln_eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        num_frames: int,
+        text: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Attend; with ``text`` given (fused mode) also run the gated cross-attention.
+
+        Args:
+            x: Normalised tokens ``(B, 1 + F*N, C)``.
+            num_frames: F.
+            text: Text hidden states for fused mode, or None (the cross branch is then not executed at all).
+            text_mask: Additive text padding mask ``(B, 1, 1, L)``.
+        """
+        B, T, C = x.shape
+        F_, N = num_frames, (T - 1) // num_frames
+        qkv = self.qkv(x).reshape(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # (3, B, H, T, d)
+        q, k, v = qkv.unbind(0)
+        cls_out = attend(q[:, :, :1], k, v)  # (B, H, 1, d)
+        q_, k_, v_ = (t[:, :, 1:].reshape(B, self.heads, F_, N, -1) for t in (q, k, v))  # (B, H, F, N, d)
+        if self.mode == "time":
+            q_, k_, v_ = (t.transpose(2, 3) for t in (q_, k_, v_))  # (B, H, N, F, d)
+        H, G, S, d = self.heads, q_.shape[2], q_.shape[3], q_.shape[4]
+        cls_k = k[:, :, None, :1].expand(-1, -1, G, -1, -1)  # (B, H, G, 1, d)
+        cls_v = v[:, :, None, :1].expand(-1, -1, G, -1, -1)
+        k_, v_ = torch.cat([cls_k, k_], dim=3), torch.cat([cls_v, v_], dim=3)  # (B, H, G, 1+S, d)
+        # 4-D attention (ONNX's SDPA lowering takes no more): fold heads into the batch
+        out = attend(*(t.reshape(B * H, G, -1, d) for t in (q_, k_, v_)))  # (B*H, G, S, d)
+        out = out.reshape(B, H, G, S, d)
+        if self.mode == "time":
+            out = out.transpose(2, 3)  # (B, H, F, N, d)
+        out = torch.cat([cls_out, out.reshape(B, H, F_ * N, d)], dim=2)  # (B, H, T, d)
+        out = self.proj(merge_heads(out))  # (B, T, C)
+        if text is not None and self.cross is not None:
+            out = self.cross(out, text, text_mask)
+        return out
+
+
+class SpaceTimeBlock(nn.Module):
+    """``t = x + TimeAttn(LN3(x)); x = x + SpaceAttn(LN1(t)); x = x + MLP(LN2(x))``."""
+
+    def __init__(self, cfg: VideoConfig, drop_path: float = 0.0, text_width: int | None = None) -> None:
+        super().__init__()
+        eps = cfg.ln_eps
+        self.norm3 = nn.LayerNorm(cfg.width, eps=eps)
+        self.time_attn = DividedAttention(cfg, "time")
+        self.norm1 = nn.LayerNorm(cfg.width, eps=eps)
+        self.attn = DividedAttention(cfg, "space", text_width=text_width)
+        self.norm2 = nn.LayerNorm(cfg.width, eps=eps)
+        self.mlp = Mlp(cfg.width, int(cfg.width * cfg.mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        num_frames: int,
+        text: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One block over ``(B, 1 + F*N, C)``; fused when ``text`` is given."""
+        t = x + self.time_attn(self.norm3(x), num_frames)
+        x = x + self.drop_path(self.attn(self.norm1(t), num_frames, text, text_mask))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class VideoEncoder(nn.Module):
+    """Patch, position and temporal embeddings, space-time blocks and the dual-mode final norm.
+
+    Args:
+        cfg: Video architecture.
+        text_width: Width of the text tokens the fused blocks attend to.
+        num_fused: M, the top blocks that get a cross-attention branch.
+    """
+
+    def __init__(self, cfg: VideoConfig, text_width: int, num_fused: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.num_fused = num_fused
+        self.patch_embed = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.num_patches, cfg.width))
+        self.temporal_embed = nn.Parameter(torch.zeros(1, cfg.num_frames, cfg.width))
+        rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
+        first_fused = cfg.depth - num_fused
+        self.blocks = nn.ModuleList(
+            SpaceTimeBlock(cfg, rates[i], text_width if i >= first_fused else None) for i in range(cfg.depth)
+        )
+        self.norm = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
+
+    @property
+    def first_fused(self) -> int:
+        """Index of the first block with cross-attention."""
+        return self.cfg.depth - self.num_fused
+
+    def embed(self, frames: torch.Tensor, cls_token: torch.Tensor) -> torch.Tensor:
+        """Frames ``(B, F, 3, H, W)`` to tokens ``(B, 1 + F*N, C)`` with the given CLS token ``(1, 1, C)``."""
+        B, F_, C, H, W = frames.shape
+        if F_ != self.cfg.num_frames:
+            raise ValueError(
+                f"video has {F_} frames but the model is built for num_frames={self.cfg.num_frames}; "
+                "sample that many frames or create the model with video={'num_frames': F}"
+            )
+        if H != self.cfg.img_size or W != self.cfg.img_size:
+            raise ValueError(f"frames are {H}x{W} but the model expects {self.cfg.img_size}x{self.cfg.img_size}")
+        x = self.patch_embed(frames.reshape(B * F_, C, H, W))  # (B*F, D, g, g)
+        N, D = x.shape[2] * x.shape[3], x.shape[1]
+        x = x.flatten(2).transpose(1, 2).reshape(B, F_ * N, D)  # (B, F*N, D)
+        pos = self.pos_embed[:, 1:].repeat(1, F_, 1) + self.temporal_embed.repeat_interleave(N, dim=1)
+        cls = cls_token.expand(B, -1, -1) + self.pos_embed[:, :1]  # (B, 1, D)
+        return torch.cat([cls, x + pos], dim=1)  # (B, 1 + F*N, D)
+
+    def run_blocks(self, x: torch.Tensor, start: int, end: int, checkpoint: bool = False) -> torch.Tensor:
+        """Run blocks ``start..end-1`` unfused (their cross-attention branches are not executed)."""
+        for block in self.blocks[start:end]:
+            if checkpoint and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, self.cfg.num_frames, use_reentrant=False)
+            else:
+                x = block(x, self.cfg.num_frames)
+        return x
+
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Dual-mode output: the final norm's CLS ``(B, C)``."""
+        return self.norm(tokens)[:, 0]
+
+    def init_weights(self) -> None:
+        """Reference init: N(0, 0.02) embeddings, zero temporal embedding, time attention that outputs 0."""
+        nn.init.normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.zeros_(self.temporal_embed)
+        for block in self.blocks:
+            reset_time_attention(block.time_attn)
+
+
+def reset_time_attention(attn: DividedAttention) -> None:
+    """``time_init='zeros'``: qkv weight and bias 0, proj weight 1, proj bias 0, so the branch outputs 0."""
+    with torch.no_grad():
+        attn.qkv.weight.zero_()
+        if attn.qkv.bias is not None:
+            attn.qkv.bias.zero_()
+        attn.proj.weight.fill_(1.0)
+        attn.proj.bias.zero_()
