@@ -15,8 +15,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "model": ("egovlpv2_edge._cli_model", "list presets, show a preset's config, parameters and MACs"),
     "tokenizer": ("egovlpv2_edge._cli_tokenizer", "train or inspect a tokenizer (tokenizer.json)"),
     "data": ("egovlpv2_edge.training.data.cli", "generate the synthetic egocentric dataset, inspect data"),
+    "package": ("egovlpv2_edge._cli_package", "build, verify or inspect a model package (.egopkg)"),
+    "compress": ("egovlpv2_edge.compress.cli", "export ONNX graphs (validated against PyTorch)"),
     "eval": ("egovlpv2_edge.training.eval_cli", "zero-shot EgoMCQ (dual / fusion / ensemble) and text-to-video recall"),
-    "train": ("egovlpv2_edge.training.cli", "pre-train the teacher (EgoNCE + MLM + VTM; torchrun for several processes)"),
+    "train": (
+        "egovlpv2_edge.training.cli",
+        "pre-train the teacher (EgoNCE + MLM + VTM; torchrun for several processes)",
+    ),
 }
 
 

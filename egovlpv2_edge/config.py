@@ -28,6 +28,7 @@ class VideoConfig:
     qkv_bias: bool = True  # bias on the qkv projections
     ln_eps: float = 1e-5  # LayerNorm eps of every video norm (reference Sec. 8)
     drop_path: float = 0.0  # stochastic depth rate at the last block (linear ramp)
+    dense_attention_max_tokens: int = 256  # up to this many tokens, divided attention runs as one masked attention
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # RGB normalisation mean
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # RGB normalisation std
 

@@ -94,7 +94,8 @@ def graph_specs(cfg: ModelConfig) -> dict[str, GraphSpec]:
     lower_out = [video_tokens]
     if cfg.fusion.separate_cls:  # the fused stream starts from its own CLS: its lower tokens differ
         lower_out.append(TensorSpec("fusion_video_tokens", "float32", ("batch", T, v.width)))
-    fused_video = TensorSpec("fusion_video_tokens" if cfg.fusion.separate_cls else "video_tokens", "float32", video_tokens.shape)
+    fused_name = "fusion_video_tokens" if cfg.fusion.separate_cls else "video_tokens"
+    fused_video = TensorSpec(fused_name, "float32", video_tokens.shape)
     specs = [
         GraphSpec("video_lower", (frames,), tuple(lower_out)),
         GraphSpec("video_upper", (video_tokens,), (TensorSpec("video_embedding", "float32", ("batch", h.embed_dim)),)),

@@ -54,6 +54,7 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+
 from egovlpv2_edge.runtime._fileio import TMP_SUFFIX, atomic_save_npy, atomic_write_bytes, fsync_dir
 from egovlpv2_edge.runtime._index_db import connect, read_state, transaction, try_lock_dir
 from egovlpv2_edge.runtime._topk import CHUNK_ROWS, candidate_rows, topk

@@ -51,13 +51,15 @@ class DividedAttention(nn.Module):
     """Self-attention over time (same patch across frames) or space (within a frame), CLS attending to all.
 
     The CLS query attends to every token; a patch query attends within its group plus the CLS key.
-    Tokens are ordered ``[CLS, f0p0, f0p1, ..., f1p0, ...]`` (frame-major).
+    Tokens are ordered ``[CLS, f0p0, f0p1, ..., f1p0, ...]`` (frame-major). Short clips compute this as one
+    attention with a block mask (fewer copies, one simple ONNX op); long ones per group (fewer FLOPs).
     """
 
     def __init__(self, cfg: VideoConfig, mode: Literal["time", "space"], text_width: int | None = None) -> None:
         super().__init__()
         self.mode = mode
         self.heads = cfg.heads
+        self.dense_max_tokens = cfg.dense_attention_max_tokens
         self.qkv = nn.Linear(cfg.width, 3 * cfg.width, bias=cfg.qkv_bias)
         self.proj = nn.Linear(cfg.width, cfg.width)
         self.cross = None
@@ -80,14 +82,35 @@ class DividedAttention(nn.Module):
             text_mask: Additive text padding mask ``(B, 1, 1, L)``.
         """
         B, T, C = x.shape
-        F_, N = num_frames, (T - 1) // num_frames
         qkv = self.qkv(x).reshape(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # (3, B, H, T, d)
         q, k, v = qkv.unbind(0)
+        if T <= self.dense_max_tokens:
+            out = attend(q, k, v, self.group_mask(T, num_frames, x.dtype, x.device))  # (B, H, T, d)
+        else:
+            out = self._grouped(q, k, v, num_frames)
+        out = self.proj(merge_heads(out))  # (B, T, C)
+        if text is not None and self.cross is not None:
+            out = self.cross(out, text, text_mask)
+        return out
+
+    def group_mask(self, T: int, num_frames: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Additive ``(T, T)`` mask: CLS rows/columns open, a patch sees its frame (space) or its track (time)."""
+        N = (T - 1) // num_frames
+        idx = torch.arange(T - 1, device=device)
+        group = idx // N if self.mode == "space" else idx % N
+        allowed = torch.ones(T, T, dtype=torch.bool, device=device)
+        allowed[1:, 1:] = group[:, None] == group[None, :]
+        return torch.zeros(T, T, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+    def _grouped(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """The same attention computed per group (cheaper than the dense mask for long clips)."""
+        B, H, T, d = q.shape
+        F_, N = num_frames, (T - 1) // num_frames
         cls_out = attend(q[:, :, :1], k, v)  # (B, H, 1, d)
-        q_, k_, v_ = (t[:, :, 1:].reshape(B, self.heads, F_, N, -1) for t in (q, k, v))  # (B, H, F, N, d)
+        q_, k_, v_ = (t[:, :, 1:].reshape(B, H, F_, N, d) for t in (q, k, v))  # (B, H, F, N, d)
         if self.mode == "time":
             q_, k_, v_ = (t.transpose(2, 3) for t in (q_, k_, v_))  # (B, H, N, F, d)
-        H, G, S, d = self.heads, q_.shape[2], q_.shape[3], q_.shape[4]
+        G, S = q_.shape[2], q_.shape[3]
         cls_k = k[:, :, None, :1].expand(-1, -1, G, -1, -1)  # (B, H, G, 1, d)
         cls_v = v[:, :, None, :1].expand(-1, -1, G, -1, -1)
         k_, v_ = torch.cat([cls_k, k_], dim=3), torch.cat([cls_v, v_], dim=3)  # (B, H, G, 1+S, d)
@@ -96,11 +119,7 @@ class DividedAttention(nn.Module):
         out = out.reshape(B, H, G, S, d)
         if self.mode == "time":
             out = out.transpose(2, 3)  # (B, H, F, N, d)
-        out = torch.cat([cls_out, out.reshape(B, H, F_ * N, d)], dim=2)  # (B, H, T, d)
-        out = self.proj(merge_heads(out))  # (B, T, C)
-        if text is not None and self.cross is not None:
-            out = self.cross(out, text, text_mask)
-        return out
+        return torch.cat([cls_out, out.reshape(B, H, F_ * N, d)], dim=2)  # (B, H, T, d)
 
 
 class SpaceTimeBlock(nn.Module):

@@ -157,3 +157,23 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny) -> None:
 
     for a, b in zip(grads(False), grads(True), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_dense_and_grouped_divided_attention_agree() -> None:
+    grouped = create_model("egovlpv2_test", video={"dense_attention_max_tokens": 0})
+    dense = create_model("egovlpv2_test")
+    with torch.no_grad():  # make the time branch and the temporal embedding non-trivial, so both masks matter
+        grouped.video.temporal_embed.normal_()
+        for block in grouped.video.blocks:
+            block.time_attn.qkv.weight.normal_(std=0.2)
+            block.time_attn.proj.weight.normal_(std=0.2)
+    dense.load_state_dict(grouped.state_dict())
+    frames, ids, mask = random_inputs(grouped)
+    with torch.no_grad():
+        a, b = grouped.encode_video(frames), dense.encode_video(frames)
+        fa = grouped.forward_fusion(frames, ids, mask).vtm_logits
+        fb = dense.forward_fusion(frames, ids, mask).vtm_logits
+    assert (a - b).abs().max() < 1e-5 * a.abs().max() and (fa - fb).abs().max() < 1e-5
+    with torch.no_grad():
+        flipped = grouped.encode_video(frames.flip(1))
+    assert (a - flipped).abs().max() > 1e-2 * a.abs().max()  # frame order matters now

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from egovlpv2_edge.runtime.index import ClipIndex
 
 _CHILD_PATH = Path(__file__).with_name("_index_crash_child.py")

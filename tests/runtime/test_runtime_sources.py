@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from egovlpv2_edge.runtime.sources import (
     CaptureThread,
     Frame,

@@ -1,0 +1,1 @@
+"""Distillation, quantization, ONNX/TensorRT export and model-package building (``compress`` extra)."""

@@ -1,0 +1,97 @@
+"""``egovlp compress``: export a model's gate-switch graphs to ONNX and validate them against PyTorch.
+
+Example::
+
+    egovlp compress export --preset egovlpv2_edge --checkpoint run/best.pt --out build/onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from egovlpv2_edge.config import list_models
+from egovlpv2_edge.graphs import GRAPH_NAMES
+
+logger = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="egovlp compress", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    ex = sub.add_parser("export", help="export (and validate) the ONNX graphs of a model")
+    ex.add_argument("--preset", required=True, help=f"model preset, one of: {', '.join(list_models())}")
+    ex.add_argument("--checkpoint", type=Path, default=None, help="weights to load (random init when omitted)")
+    ex.add_argument("--out", type=Path, required=True, help="output folder for <graph>.onnx files")
+    ex.add_argument("--graphs", nargs="+", choices=GRAPH_NAMES, default=None, help="graphs to export (default: all)")
+    ex.add_argument(
+        "--validate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compare each graph with PyTorch in ONNX Runtime on fresh inputs",
+    )
+    return p
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    """Left-aligned graph names, right-aligned numbers."""
+    header = ("graph", "max abs diff", "tolerance", "size MB", "seconds")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(row: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+
+    return "\n".join(line(r) for r in [header, *rows])
+
+
+def _export(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from egovlpv2_edge import create_model
+    from egovlpv2_edge.compress.export import ExportMismatchError, export_one
+    from egovlpv2_edge.graphs import graph_specs
+
+    try:
+        model = create_model(args.preset, pretrained=None if args.checkpoint is None else str(args.checkpoint))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"egovlp compress export: {exc}", file=sys.stderr)
+        return 2
+    specs = graph_specs(model.cfg)
+    names = args.graphs or list(GRAPH_NAMES)
+    rows = []
+    bar = tqdm(names, desc="export", unit="graph", file=sys.stderr, disable=None)
+    for name in bar:
+        bar.set_postfix_str(name)
+        try:
+            graph = export_one(model, name, args.out, validate=args.validate)
+        except ExportMismatchError as exc:
+            print(f"egovlp compress export: {exc}", file=sys.stderr)
+            return 1
+        diff = "-" if graph.max_abs_diff is None else f"{graph.max_abs_diff:.2e}"
+        size = graph.path.stat().st_size / 1e6
+        rows.append((name, diff, f"{specs[name].atol:.0e}", f"{size:.2f}", f"{graph.seconds:.1f}"))
+    print(_table(rows))
+    print(f"wrote {len(rows)} graph(s) to {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``egovlp compress``.
+
+    Args:
+        argv: Arguments after ``compress``; ``sys.argv[1:]`` when None.
+
+    Returns:
+        The exit status: 0 on success, 1 when a graph fails validation, 2 on bad arguments.
+    """
+    args = _parser().parse_args(argv)
+    if args.cmd == "export":
+        return _export(args)
+    raise AssertionError(f"unhandled command {args.cmd!r}")  # argparse restricts cmd to the subparsers
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    raise SystemExit(main())

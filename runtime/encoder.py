@@ -1,0 +1,142 @@
+"""ONNX Runtime encoders over a model package: the gate switch without reloading anything.
+
+One :class:`PackageEncoder` holds a session per graph of a verified package (``egovlpv2_edge.package``):
+
+* ``encode_clips``: frames -> ``video_lower`` -> tokens entering the fused layers (kept for QA) -> ``video_upper``
+  -> L2-normalised clip embeddings (gates off);
+* ``encode_texts``: texts -> ``text_lower`` -> ``text_upper`` -> embeddings, cached per text;
+* ``match``: cached clip tokens + a text -> ``fused_upper`` -> the VTM match probability (gates on), running only
+  the top layers.
+
+Execution providers are tried in the order TensorRT, CUDA, CPU (those the installed onnxruntime has); the ones a
+session really uses are logged and reported by :attr:`PackageEncoder.providers`. No torch anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from egovlpv2_edge.graphs import graph_specs
+from egovlpv2_edge.package import ModelPackage
+
+log = logging.getLogger(__name__)
+
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
+    """The requested providers (default: TensorRT, CUDA, CPU) that this onnxruntime build offers, in order."""
+    import onnxruntime as ort
+
+    have = set(ort.get_available_providers())
+    wanted = list(requested or PREFERRED_PROVIDERS)
+    unknown = [p for p in wanted if p not in have and p not in PREFERRED_PROVIDERS]
+    if unknown:
+        raise ValueError(f"unknown execution provider(s) {unknown}; this onnxruntime offers {sorted(have)}")
+    chosen = [p for p in wanted if p in have]
+    return chosen or ["CPUExecutionProvider"]
+
+
+@dataclass(frozen=True)
+class ClipEncoding:
+    """What encoding a batch of clips gives.
+
+    Attributes:
+        embeddings: L2-normalised dual embeddings ``(B, E)`` float32.
+        tokens: Tokens entering the fused layers ``(B, T, Dv)`` float32 (the fused stream's when it has its own).
+    """
+
+    embeddings: np.ndarray
+    tokens: np.ndarray
+
+
+class PackageEncoder:
+    """ONNX Runtime sessions for every graph of a package.
+
+    Args:
+        package: An opened (verified) :class:`~egovlpv2_edge.package.ModelPackage`.
+        providers: Execution providers to try, in order; default TensorRT, CUDA, CPU.
+        threads: Intra-op threads per session (0 = onnxruntime's default).
+        text_cache: How many text encodings to keep.
+    """
+
+    def __init__(
+        self,
+        package: ModelPackage,
+        providers: Sequence[str] | None = None,
+        threads: int = 0,
+        text_cache: int = 256,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.package = package
+        self.specs = graph_specs(package.config)
+        self.tokenizer = package.tokenizer()
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        wanted = choose_providers(providers)
+        self.sessions = {
+            name: ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
+            for name, path in package.graph_paths.items()
+        }
+        self.providers = {name: s.get_providers()[0] for name, s in self.sessions.items()}
+        log.info("graph sessions on %s", self.providers)
+        self._text_cache: OrderedDict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+        self._text_cache_size = text_cache
+
+    def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        spec = self.specs[graph]
+        outs = self.sessions[graph].run(spec.output_names, {k: feeds[k] for k in spec.input_names})
+        return dict(zip(spec.output_names, outs, strict=True))
+
+    def encode_clips(self, frames: np.ndarray) -> ClipEncoding:
+        """Preprocessed frames ``(B, F, 3, H, W)`` float32 to embeddings and cached tokens."""
+        lower = self._run("video_lower", {"frames": np.ascontiguousarray(frames, dtype=np.float32)})
+        emb = self._run("video_upper", {"video_tokens": lower["video_tokens"]})["video_embedding"]
+        tokens = lower.get("fusion_video_tokens", lower["video_tokens"])
+        return ClipEncoding(emb, tokens)
+
+    def _text(self, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("a query text must be a non-empty string")
+        hit = self._text_cache.get(text)
+        if hit is not None:
+            self._text_cache.move_to_end(text)
+            return hit
+        batch = self.tokenizer.encode([text], max_length=self.package.config.text.max_length)
+        feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        states = self._run("text_lower", feeds)["text_tokens"]
+        emb = self._run("text_upper", {"text_tokens": states, "attention_mask": batch.attention_mask})
+        entry = (emb["text_embedding"][0], states, batch.input_ids, batch.attention_mask)
+        self._text_cache[text] = entry
+        if len(self._text_cache) > self._text_cache_size:
+            self._text_cache.popitem(last=False)
+        return entry
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised dual text embeddings ``(N, E)`` (cached per text)."""
+        return np.stack([self._text(t)[0] for t in texts])
+
+    def match(self, tokens: np.ndarray, text: str) -> np.ndarray:
+        """VTM match probability of each clip ``tokens`` ``(B, T, Dv)`` with ``text``, fused top layers only."""
+        _, states, _, mask = self._text(text)
+        B = tokens.shape[0]
+        name = self.specs["fused_upper"].input_names[0]
+        out = self._run(
+            "fused_upper",
+            {name: tokens, "text_tokens": np.repeat(states, B, 0), "attention_mask": np.repeat(mask, B, 0)},
+        )
+        logits = out["vtm_logits"].astype(np.float64)
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return (p[:, 1] / p.sum(axis=1)).astype(np.float32)
+
+    def info(self) -> dict[str, Any]:
+        """Providers per graph and the package's preprocessing."""
+        return {"providers": dict(self.providers), "preprocessing": self.package.preprocessing.to_dict()}

@@ -1,0 +1,92 @@
+"""Pre-training runs: 2-process torchrun equals 1 process, exact resume, outputs of a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from egovlpv2_edge.runconfig import resolve
+from egovlpv2_edge.training.data.cli import main as data_main
+from egovlpv2_edge.training.trainer import PretrainConfig, train
+
+# deterministic model (no dropout) so processes see the same computation
+BASE = [
+    "preset=egovlpv2_test",
+    'model={"video": {"img_size": 32}, "text": {"dropout": 0.0}}',
+    "num_workers=0",
+    "threads=1",
+    "log_every=1",
+]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    args = ["synth", "--out", str(out), "--videos", "6", "--min-actions", "8", "--max-actions", "10"]
+    assert data_main(args + ["--size", "48", "--chunk-seconds", "30", "--workers", "1"]) == 0
+    return out
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_process_torchrun_matches_one_process(synth, tmp_path) -> None:
+    common = BASE + [f"data={synth}", "batch_size=8", "max_steps=3", "scene_negatives=true"]
+    one = tmp_path / "one"
+    train(resolve(PretrainConfig, None, common + [f"out={one}"]))
+    two = tmp_path / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "egovlpv2_edge.training.cli", "pretrain", *common, f"out={two}"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = _metrics(one), _metrics(two)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("loss", "egonce", "mlm", "vtm"):
+            assert abs(ra[key] - rb[key]) <= 1e-4 * abs(ra[key]), (key, ra[key], rb[key])
+
+
+def test_stop_and_resume_equals_uninterrupted(synth, tmp_path) -> None:
+    common = BASE + [f"data={synth}", "batch_size=8", "epochs=2", "ckpt_every=100"]
+    straight = tmp_path / "straight"
+    train(resolve(PretrainConfig, None, common + [f"out={straight}"]))
+    paused = tmp_path / "paused"
+    last = train(resolve(PretrainConfig, None, common + [f"out={paused}", "stop_at=3"]))
+    assert last.name == "last.pt" and not (paused / "teacher.pt").exists()
+    assert torch.load(last, weights_only=False)["step"] == 3
+    train(resolve(PretrainConfig, None, common + [f"out={paused}"]))
+    sa = torch.load(straight / "teacher.pt", weights_only=False)["model"]
+    sb = torch.load(paused / "teacher.pt", weights_only=False)["model"]
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+    assert [r["step"] for r in _metrics(paused)] == list(range(1, len(_metrics(straight)) + 1))
+
+
+def test_run_writes_config_curves_and_checkpoint(synth, tmp_path) -> None:
+    out = tmp_path / "run"
+    final = train(resolve(PretrainConfig, None, BASE + [f"data={synth}", f"out={out}", "batch_size=4", "max_steps=2"]))
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["config"]["preset"] == "egovlpv2_test" and "git_revision" in saved
+    assert (out / "curves.png").stat().st_size > 1000
+    assert (out / "tokenizer.json").is_file()
+    ckpt = torch.load(final, weights_only=False)
+    assert ckpt["config"]["name"] == "egovlpv2_test" and ckpt["step"] == 2
+    row = _metrics(out)[-1]
+    assert {"loss", "egonce", "mlm", "vtm", "lr", "clips_per_s"} <= set(row)
+
+
+def test_bad_config_values_are_clear_errors(synth, tmp_path) -> None:
+    with pytest.raises(ValueError, match="unknown key"):
+        resolve(PretrainConfig, None, ["bacth_size=3"])
+    cfg = resolve(PretrainConfig, None, BASE + [f"data={synth}", f"out={tmp_path}", "batch_size=5000"])
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        train(cfg)

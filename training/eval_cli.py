@@ -1,0 +1,59 @@
+"""``egovlp eval``: zero-shot EgoMCQ (dual / fusion / ensemble, inter / intra) and text-to-video retrieval."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from egovlpv2_edge.checkpoint import load_checkpoint
+from egovlpv2_edge.config import ModelConfig
+from egovlpv2_edge.model import EgoVLPv2
+from egovlpv2_edge.tokenizer import Tokenizer
+
+
+def load_run(checkpoint: str | Path, tokenizer: str | Path | None = None) -> tuple[EgoVLPv2, Tokenizer]:
+    """A model and its tokenizer from a training checkpoint (``tokenizer.json`` beside it by default)."""
+    ckpt_path = Path(checkpoint)
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist; train one with `egovlp train pretrain`")
+    cfg = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("config")
+    if cfg is None:
+        raise ValueError(f"{ckpt_path} carries no model config; it is not an egovlpv2_edge checkpoint")
+    model = EgoVLPv2(ModelConfig.from_dict(cfg))
+    load_checkpoint(model, ckpt_path)
+    tok_path = Path(tokenizer) if tokenizer else ckpt_path.parent / "tokenizer.json"
+    if not tok_path.is_file():
+        raise FileNotFoundError(f"tokenizer {tok_path} does not exist; pass --tokenizer")
+    return model.eval(), Tokenizer.from_file(tok_path, max_length=model.cfg.text.max_length)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``egovlp eval``; returns the exit status."""
+    from egovlpv2_edge.training.evaluate import evaluate_egomcq, evaluate_retrieval
+
+    p = argparse.ArgumentParser(prog="egovlp eval", description=__doc__)
+    sub = p.add_subparsers(dest="task", required=True)
+    mcq = sub.add_parser("egomcq", help="EgoMCQ accuracy and text-to-video recall")
+    mcq.add_argument("--checkpoint", required=True)
+    mcq.add_argument("--data", required=True, help="dataset root (egomcq.json, egoclip.csv, videos/)")
+    mcq.add_argument("--tokenizer", help="tokenizer.json (default: beside the checkpoint)")
+    mcq.add_argument("--shuffle-frames", action=argparse.BooleanOptionalAction, default=False)
+    mcq.add_argument("--split", default="test", help="split for retrieval recall")
+    mcq.add_argument("--limit", type=int, help="evaluate only the first N questions")
+    mcq.add_argument("--json", help="also write the results to this file")
+    args = p.parse_args(argv)
+    model, tok = load_run(args.checkpoint, args.tokenizer)
+    res = evaluate_egomcq(model, tok, args.data, shuffle_frames=args.shuffle_frames, limit=args.limit)
+    recall = evaluate_retrieval(model, tok, args.data, split=args.split)
+    print(f"EgoMCQ ({res.counts['inter']} inter, {res.counts['intra']} intra questions; chance 20%)")
+    print(f"{'scoring':10s} {'inter':>7s} {'intra':>7s}")
+    for scoring, acc in res.accuracy.items():
+        print(f"{scoring:10s} {acc['inter']:7.1f} {acc['intra']:7.1f}")
+    print("text-to-video " + "  ".join(f"{k} {v:.1f}" for k, v in recall.items()) + f" ({args.split} split)")
+    if args.json:
+        payload = {"egomcq": res.accuracy, "counts": res.counts, "retrieval": recall, "shuffled": args.shuffle_frames}
+        Path(args.json).write_text(json.dumps(payload, indent=2))
+    return 0

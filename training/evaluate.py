@@ -1,0 +1,126 @@
+"""Zero-shot evaluation of a pre-trained model: EgoMCQ and text-to-video retrieval (reference Sec. 3).
+
+EgoMCQ scores each of the five candidate clips three ways: **dual** (cosine of the unfused embeddings),
+**fusion** (``softmax(VTM)[match]``, gates on) and their sum, the **ensemble** the paper reports; accuracy is
+split into inter-video (type 1) and intra-video (type 2) questions. Retrieval ranks every clip of a split for
+every narration (R@1/5/10; a hit is the narration's own clip).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from egovlpv2_edge.model import EgoVLPv2
+from egovlpv2_edge.tokenizer import Tokenizer
+from egovlpv2_edge.training.data.dataset import EgoClipDataset, EgoMCQDataset
+
+log = logging.getLogger(__name__)
+
+SCORINGS = ("dual", "fusion", "ensemble")
+
+
+@dataclass(frozen=True)
+class MCQResult:
+    """EgoMCQ accuracy (percent) per scoring and question type, with the question counts."""
+
+    accuracy: dict[str, dict[str, float]]  # scoring -> {"inter", "intra"}
+    counts: dict[str, int]  # {"inter", "intra"}
+
+
+def _shuffle_frames(video: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Permute the frame axis of ``(..., F, 3, H, W)`` clips (a control: a model that uses time should suffer)."""
+    F_ = video.shape[-4]
+    perm = torch.randperm(F_, generator=generator)
+    while F_ > 1 and torch.equal(perm, torch.arange(F_)):
+        perm = torch.randperm(F_, generator=generator)
+    return video.index_select(-4, perm)
+
+
+@torch.no_grad()
+def mcq_scores(model: EgoVLPv2, tokenizer: Tokenizer, text: str, videos: torch.Tensor) -> dict[str, np.ndarray]:
+    """Scores of the candidate clips ``(K, F, 3, H, W)`` for one query, per scoring."""
+    tok = tokenizer.encode([text] * len(videos), max_length=model.cfg.text.max_length)
+    ids, mask = torch.from_numpy(tok.input_ids), torch.from_numpy(tok.attention_mask)
+    t = model.encode_text(ids[:1], mask[:1], normalize=True)
+    v = model.encode_video(videos, normalize=True)
+    dual = (v @ t.T).squeeze(1)
+    vtm = model.forward_fusion(videos, ids, mask).vtm_logits
+    fusion = torch.softmax(vtm, dim=-1)[:, 1]
+    return {"dual": dual.numpy(), "fusion": fusion.numpy(), "ensemble": (dual + fusion).numpy()}
+
+
+def evaluate_egomcq(
+    model: EgoVLPv2,
+    tokenizer: Tokenizer,
+    data: str | Path,
+    *,
+    shuffle_frames: bool = False,
+    limit: int | None = None,
+    seed: int = 0,
+) -> MCQResult:
+    """EgoMCQ accuracy of ``model`` on ``<data>/egomcq.json``.
+
+    Args:
+        model: The model (put in eval mode here).
+        tokenizer: Its tokenizer.
+        data: Dataset root (``egomcq.json``, ``videos/``, ``meta.json``).
+        shuffle_frames: Shuffle each clip's frames (the temporal-order control).
+        limit: Evaluate only the first ``limit`` questions.
+        seed: Seed of the frame shuffles.
+    """
+    from tqdm import tqdm
+
+    model.eval()
+    root = Path(data)
+    v = model.cfg.video
+    ds = EgoMCQDataset(root / "egomcq.json", root / "videos", v.num_frames, v.img_size)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    gen = torch.Generator().manual_seed(seed)
+    hits = {s: {"inter": 0, "intra": 0} for s in SCORINGS}
+    counts = {"inter": 0, "intra": 0}
+    for i in tqdm(range(n), desc="EgoMCQ", dynamic_ncols=True, leave=False):
+        item = ds[i]
+        videos = _shuffle_frames(item["video"], gen) if shuffle_frames else item["video"]
+        kind = "inter" if item["types"] == 1 else "intra"
+        counts[kind] += 1
+        for scoring, scores in mcq_scores(model, tokenizer, item["text"], videos).items():
+            hits[scoring][kind] += int(np.argmax(scores) == item["answer"])
+    acc = {s: {k: 100.0 * hits[s][k] / max(counts[k], 1) for k in counts} for s in SCORINGS}
+    return MCQResult(acc, counts)
+
+
+@torch.no_grad()
+def evaluate_retrieval(
+    model: EgoVLPv2, tokenizer: Tokenizer, data: str | Path, split: str = "test", batch_size: int = 16
+) -> dict[str, float]:
+    """Text-to-video R@1/5/10 (percent) over the clips of ``split``, dual mode."""
+    model.eval()
+    root = Path(data)
+    v = model.cfg.video
+    ds = EgoClipDataset(root / "egoclip.csv", root / "videos", v.num_frames, v.img_size, split=split, mode="eval")
+    videos, texts = [], []
+    loader = DataLoader(ds, batch_size=batch_size, collate_fn=_collate_eval)
+    for frames, text in loader:
+        videos.append(model.encode_video(frames, normalize=True))
+        texts += text
+    V = torch.cat(videos)
+    tok = tokenizer.encode(texts, max_length=model.cfg.text.max_length)
+    T = model.encode_text(torch.from_numpy(tok.input_ids), torch.from_numpy(tok.attention_mask), normalize=True)
+    ranks = retrieval_ranks(T @ V.T)
+    return {f"R@{k}": 100.0 * float((ranks < k).float().mean()) for k in (1, 5, 10)}
+
+
+def retrieval_ranks(sim: torch.Tensor) -> torch.Tensor:
+    """0-based rank of the diagonal item in each row of ``sim`` ``(N, N)`` (ties count against it)."""
+    diag = sim.diagonal().unsqueeze(1)
+    return (sim > diag).sum(dim=1) + (sim == diag).sum(dim=1) - 1
+
+
+def _collate_eval(batch: list[dict]) -> tuple[torch.Tensor, list[str]]:
+    return torch.stack([b["video"] for b in batch]), [b["text"] for b in batch]
