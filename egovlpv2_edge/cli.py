@@ -12,6 +12,7 @@ import sys
 
 # name -> (module, one-line help). Modules are imported lazily.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("egovlpv2_edge._demo", "run the end-to-end pipeline on synthetic footage (reuses finished stages)"),
     "model": ("egovlpv2_edge._cli_model", "list presets, show a preset's config, parameters and MACs"),
     "tokenizer": ("egovlpv2_edge._cli_tokenizer", "train or inspect a tokenizer (tokenizer.json)"),
     "data": ("egovlpv2_edge.training.data.cli", "generate the synthetic egocentric dataset, inspect data"),

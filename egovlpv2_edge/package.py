@@ -34,7 +34,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import tarfile
 import tempfile
 import time
@@ -48,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from egovlpv2_edge.config import ModelConfig
 from egovlpv2_edge.graphs import GRAPH_NAMES, TensorSpec, graph_specs
+from egovlpv2_edge.runconfig import git_revision as _git_revision
 
 if TYPE_CHECKING:
     from egovlpv2_edge.tokenizer import Tokenizer
@@ -699,21 +699,8 @@ def library_versions() -> dict[str, str]:
 
 
 def git_revision() -> str | None:
-    """The source tree's git commit (``+dirty`` with uncommitted changes), or None outside a git checkout."""
-    here = str(Path(__file__).resolve().parent)
-    try:
-        rev = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        if rev.returncode != 0:
-            return None
-        dirty = subprocess.run(
-            ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    """The source tree's git commit (``-dirty`` with uncommitted changes), or None outside a git checkout."""
+    return _git_revision(Path(__file__).resolve().parent)
 
 
 def _now_iso() -> str:

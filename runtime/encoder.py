@@ -127,6 +127,7 @@ class PackageEncoder:
     def match(self, tokens: np.ndarray, text: str) -> np.ndarray:
         """VTM match probability of each clip ``tokens`` ``(B, T, Dv)`` with ``text``, fused top layers only."""
         _, states, _, mask = self._text(text)
+        tokens = np.ascontiguousarray(tokens, dtype=np.float32)  # the index may keep them as float16
         B = tokens.shape[0]
         name = self.specs["fused_upper"].input_names[0]
         out = self._run(

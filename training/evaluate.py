@@ -84,8 +84,9 @@ def evaluate_egomcq(
     gen = torch.Generator().manual_seed(seed)
     hits = {s: {"inter": 0, "intra": 0} for s in SCORINGS}
     counts = {"inter": 0, "intra": 0}
-    for i in tqdm(range(n), desc="EgoMCQ", dynamic_ncols=True, leave=False):
-        item = ds[i]
+    subset = torch.utils.data.Subset(ds, range(n))
+    loader = DataLoader(subset, batch_size=None, num_workers=1, prefetch_factor=4)  # decode while the model runs
+    for item in tqdm(loader, total=n, desc="EgoMCQ", dynamic_ncols=True, leave=False):
         videos = _shuffle_frames(item["video"], gen) if shuffle_frames else item["video"]
         kind = "inter" if item["types"] == 1 else "intra"
         counts[kind] += 1

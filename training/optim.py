@@ -17,29 +17,46 @@ HEAD_PREFIXES = ("txt_proj.", "vid_proj.", "heads.")
 CROSS_MARK = ".cross."
 
 
-def param_groups(model: nn.Module, lr: float, head_lr_mult: float, weight_decay: float) -> list[dict[str, Any]]:
-    """Four groups: (backbone | head/cross-modal) x (decay | no decay); empty groups are dropped."""
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+def param_groups(
+    model: nn.Module,
+    lr: float,
+    head_lr_mult: float,
+    weight_decay: float,
+    video_lr_mult: float = 1.0,
+    gate_lr_mult: float = 1.0,
+) -> list[dict[str, Any]]:
+    """Groups by role (video backbone, text backbone, heads and cross-modal) and decay; empty groups dropped.
+
+    ``video_lr_mult`` scales the video backbone's rate (a backbone trained from scratch, rather than from
+    ImageNet weights as in the paper, wants a larger one). ``gate_lr_mult`` scales the gates beyond the head rate:
+    they start at 0, and the cross-attention they multiply gets no gradient until they move.
+    """
+    mult = {"video": video_lr_mult, "text": 1.0, "head": head_lr_mult, "gate": head_lr_mult * gate_lr_mult}
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        fast = name.startswith(HEAD_PREFIXES) or CROSS_MARK in name
+        role = "head" if name.startswith(HEAD_PREFIXES) or CROSS_MARK in name else "video"
+        if role == "video" and not name.startswith("video."):
+            role = "text" if name.startswith("text.") else "head"
+        if name.endswith(".cross.gate"):
+            role = "gate"
         decay = p.ndim >= 2 and "embed" not in name.split(".")[-1] and "token" not in name
-        groups.setdefault((fast, decay), []).append(p)
+        groups.setdefault((role, decay), []).append(p)
     return [
         {
             "params": params,
-            "lr": lr * (head_lr_mult if fast else 1.0),
+            "lr": lr * mult[role],
             "weight_decay": weight_decay if decay else 0.0,
-            "name": f"{'head' if fast else 'backbone'}_{'decay' if decay else 'no_decay'}",
+            "name": f"{role}_{'decay' if decay else 'no_decay'}",
         }
-        for (fast, decay), params in sorted(groups.items())
+        for (role, decay), params in sorted(groups.items())
     ]
 
 
 def build_optimizer(model: nn.Module, cfg: Any) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups` with the run's betas and eps."""
-    groups = param_groups(model, cfg.lr, cfg.head_lr_mult, cfg.weight_decay)
+    groups = param_groups(model, cfg.lr, cfg.head_lr_mult, cfg.weight_decay, cfg.video_lr_mult, cfg.gate_lr_mult)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 

@@ -37,6 +37,8 @@ class OptimConfig:
 
     lr: float = 1e-4  # backbone learning rate
     head_lr_mult: float = 4.0  # multiplier for heads and cross-modal parameters (gates included)
+    video_lr_mult: float = 1.0  # multiplier for the video backbone (raise it when it starts from scratch)
+    gate_lr_mult: float = 1.0  # extra multiplier for the fusion gates on top of head_lr_mult
     weight_decay: float = 0.01  # on weight matrices only (no decay on biases, norms, gates, embeddings' cls/pos)
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-8
@@ -268,7 +270,8 @@ def _loop(cfg, info: DistInfo, ddp, task, data, sampler, tokenizer, opt, sched, 
             sched.step()
             state.step += 1
             clips += b["video"].shape[0] * info.world_size
-            row = {k: float(v) for k, v in logs.items()} | {"step": state.step, "lr": sched.get_last_lr()[0]}
+            factor = sched.get_last_lr()[0] / opt.param_groups[0]["initial_lr"]
+            row = {k: float(v) for k, v in logs.items()} | {"step": state.step, "lr": cfg.optim.lr * factor}
             if state.step % cfg.log_every == 0 or state.step == total:
                 now = time.perf_counter()
                 row["clips_per_s"] = clips / (now - t_last)

@@ -120,3 +120,23 @@ def test_mlm_loss_sum_by_hand() -> None:
     labels = torch.tensor([[-100, 2, -100]])
     loss, count = mlm_loss_sum(logits, labels)
     assert count == 1 and loss.item() == pytest.approx(math.log(2.0), rel=1e-6)
+
+
+def test_param_groups_cover_every_parameter_once_with_the_reference_multipliers() -> None:
+    from egovlpv2_edge import create_model
+    from egovlpv2_edge.training.optim import param_groups
+
+    model = create_model("egovlpv2_test")
+    groups = param_groups(model, lr=1e-4, head_lr_mult=4.0, weight_decay=0.01, video_lr_mult=5.0, gate_lr_mult=10.0)
+    seen = [id(p) for g in groups for p in g["params"]]
+    assert sorted(seen) == sorted(id(p) for p in model.parameters())
+    by_name = {g["name"]: g for g in groups}
+    gates = {id(g) for g in model.gates()}
+    assert {id(p) for p in by_name["gate_no_decay"]["params"]} == gates
+    assert by_name["gate_no_decay"]["lr"] == pytest.approx(4e-3) and by_name["gate_no_decay"]["weight_decay"] == 0
+    assert by_name["video_decay"]["lr"] == pytest.approx(5e-4) and by_name["text_decay"]["lr"] == pytest.approx(1e-4)
+    head = {id(p) for p in by_name["head_decay"]["params"]}
+    assert id(model.heads.vtm.weight) in head and id(model.text.layers[-1].cross.q.weight) in head
+    assert all(p.ndim == 1 or "token" in n or "embed" in n
+               for n, p in model.named_parameters() if id(p) in {id(q) for g in groups if not g["weight_decay"]
+                                                                   for q in g["params"]})  # fmt: skip
