@@ -59,6 +59,7 @@ class TextConfig:
     ln_eps: float = 1e-5  # LayerNorm eps (RoBERTa 1e-5, BERT/MiniLM 1e-12)
     dropout: float = 0.1  # hidden and attention dropout while training
     max_length: int = 15  # tokens per text after padding/truncation (pre-training uses 15)
+    pooling: Literal["first", "mean"] = "first"  # dual text embedding: first token (paper) or masked mean (MiniLM)
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class ModelConfig:
             f"fusion.num_layers {self.fusion.num_layers} must be in [0, {top}] (the shallower encoder's depth)",
         )
         _check(self.text.variant in ("roberta", "bert"), f"text.variant {self.text.variant!r}; valid: roberta, bert")
+        _check(self.text.pooling in ("first", "mean"), f"text.pooling {self.text.pooling!r}; valid: first, mean")
         _check(
             self.heads.projection in ("mlp", "linear"),
             f"heads.projection {self.heads.projection!r}; valid: mlp, linear",

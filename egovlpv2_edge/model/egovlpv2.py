@@ -126,8 +126,18 @@ class EgoVLPv2(nn.Module):
         return self.text.run_layers(tokens, mask, self.text.first_fused, self.cfg.text.depth, self.grad_checkpointing)
 
     def text_upper(self, tokens: torch.Tensor, attention_mask: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Tokens entering the fused layers to the dual text embedding ``(B, E)`` (first token, projected)."""
-        emb = self.txt_proj(self.text_upper_tokens(tokens, attention_mask)[:, 0])
+        """Tokens entering the fused layers to the dual text embedding ``(B, E)``.
+
+        The pooled feature is the first token (``<s>``, the paper) or, with ``text.pooling="mean"``, the mean over
+        real tokens, which is how MiniLM's sentence weights were trained (its first token barely varies).
+        """
+        h = self.text_upper_tokens(tokens, attention_mask)  # (B, L, Dt)
+        if self.cfg.text.pooling == "mean":
+            m = attention_mask.unsqueeze(-1).to(h.dtype)  # (B, L, 1)
+            feat = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+        else:
+            feat = h[:, 0]
+        emb = self.txt_proj(feat)
         return F.normalize(emb, dim=-1) if normalize else emb
 
     def encode_text(
