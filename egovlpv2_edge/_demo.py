@@ -122,12 +122,11 @@ def stage_export(demo: Demo) -> None:
 
 def stage_package(demo: Demo) -> None:
     """Build and verify the versioned model package (directory and single-file archive)."""
+    import torch
+
     from egovlpv2_edge.config import ModelConfig
     from egovlpv2_edge.graphs import GRAPH_NAMES
     from egovlpv2_edge.package import Preprocessing, build_package, verify_package
-
-    ckpt_cfg = json.loads((demo.teacher_dir / "config.json").read_text())
-    import torch
 
     cfg = ModelConfig.from_dict(torch.load(demo.teacher_dir / "teacher.pt", weights_only=False)["config"])
     graphs = {g: {"fp32": demo.out / "graphs" / f"{g}.onnx"} for g in GRAPH_NAMES}
@@ -145,7 +144,7 @@ def stage_package(demo: Demo) -> None:
         metrics=metrics,
         overwrite=True,
     )
-    log.info("package %s (run config %s)", path, ckpt_cfg.get("git_revision"))
+    log.info("package %s", path)
     print(verify_package(path).summary())
 
 

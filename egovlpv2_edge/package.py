@@ -25,6 +25,7 @@ read graph interfaces (``onnxruntime`` instead where ``onnx`` is not installed, 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -38,12 +39,12 @@ import tarfile
 import tempfile
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from egovlpv2_edge.config import ModelConfig
 from egovlpv2_edge.graphs import GRAPH_NAMES, TensorSpec, graph_specs
@@ -603,10 +604,17 @@ def _write_manifest(root: Path, manifest: Manifest) -> None:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    with _atomic_file(path) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """Write ``path`` through a temp file: fsync, rename over it, fsync the folder; nothing half-written is left."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -743,23 +751,14 @@ def write_archive(package_dir: str | Path, dest: str | Path | None = None) -> Pa
     manifest = load_manifest(root)
     dest = Path(dest) if dest is not None else archive_path(root)
     mtime = int(datetime.fromisoformat(manifest.created).timestamp())
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as raw:
-            with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                for rel in [MANIFEST_FILE, *(e.file for e in manifest.files())]:
-                    info = tarfile.TarInfo(f"{manifest.name}/{rel}")
-                    info.size, info.mtime, info.mode = (root / rel).stat().st_size, mtime, 0o644
-                    info.uid = info.gid = 0
-                    info.uname = info.gname = ""
-                    with open(root / rel, "rb") as f:
-                        tar.addfile(info, f)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(dest.parent)
+    with _atomic_file(dest) as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for rel in [MANIFEST_FILE, *(e.file for e in manifest.files())]:
+            info = tarfile.TarInfo(f"{manifest.name}/{rel}")
+            info.size, info.mtime, info.mode = (root / rel).stat().st_size, mtime, 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            with open(root / rel, "rb") as f:
+                tar.addfile(info, f)
     return dest
 
 

@@ -8,6 +8,7 @@ the curves, and the resolved config saved with the run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -145,7 +146,7 @@ def _save(
         scaler=scaler.state_dict(),
         step=state.step,
         rng=torch.get_rng_state(),
-        run_config=json.loads(json.dumps(cfg, default=lambda o: o.__dict__)),
+        run_config=dataclasses.asdict(cfg),
     )
     tmp.replace(path)  # atomic: a killed save never corrupts last.pt
 

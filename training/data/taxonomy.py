@@ -210,15 +210,19 @@ _VERB_INDEX = {v.key: v for v in VERBS}
 _NOUN_INDEX = {n.key: n for n in NOUNS}
 
 
+def _lookup(index: dict, key: str, what: str):  # noqa: ANN202 - Verb or Noun
+    if key not in index:
+        raise ValueError(f"unknown {what} {key!r}; valid {what}s: {', '.join(index)}")
+    return index[key]
+
+
 def verb_by_key(key: str) -> Verb:
     """Return the verb named ``key``.
 
     Raises:
         ValueError: If no verb has that key; the message lists the valid keys.
     """
-    if key not in _VERB_INDEX:
-        raise ValueError(f"unknown verb {key!r}; valid verbs: {', '.join(_VERB_INDEX)}")
-    return _VERB_INDEX[key]
+    return _lookup(_VERB_INDEX, key, "verb")
 
 
 def noun_by_key(key: str) -> Noun:
@@ -227,9 +231,7 @@ def noun_by_key(key: str) -> Noun:
     Raises:
         ValueError: If no noun has that key; the message lists the valid keys.
     """
-    if key not in _NOUN_INDEX:
-        raise ValueError(f"unknown noun {key!r}; valid nouns: {', '.join(_NOUN_INDEX)}")
-    return _NOUN_INDEX[key]
+    return _lookup(_NOUN_INDEX, key, "noun")
 
 
 # Verb pairs whose motions are each other played backwards, e.g. ("pick_up", "put_down").
