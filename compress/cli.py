@@ -1,8 +1,13 @@
-"""``egovlp compress``: export a model's gate-switch graphs to ONNX and validate them against PyTorch.
+"""``egovlp compress``: export, quantize and TensorRT-configure a model's gate-switch graphs.
 
-Example::
+Examples::
 
     egovlp compress export --preset egovlpv2_edge --checkpoint run/best.pt --out build/onnx
+    egovlp compress quantize --package build/pkg_fp32 --calibration data/synth --out build/pkg_int8
+    egovlp compress trt --package build/pkg_int8 --out build/pkg_trt --max-batch 16
+
+Each subcommand is one :class:`Subcommand` in :data:`SUBCOMMANDS` (name, help, how it adds its arguments, how it
+runs); adding one is one line there.
 """
 
 from __future__ import annotations
@@ -10,18 +15,35 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from egovlpv2_edge.compress import _cli_distill, _cli_quantize, _cli_trt
 from egovlpv2_edge.config import list_models
 from egovlpv2_edge.graphs import GRAPH_NAMES
 
 logger = logging.getLogger(__name__)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="egovlp compress", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    ex = sub.add_parser("export", help="export (and validate) the ONNX graphs of a model")
+@dataclass(frozen=True)
+class Subcommand:
+    """One ``egovlp compress`` subcommand.
+
+    Attributes:
+        name: The subcommand word.
+        help: One line for ``--help``.
+        add_arguments: Adds its flags to its parser.
+        run: Runs it; returns the exit status.
+    """
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _add_export(ex: argparse.ArgumentParser) -> None:
     ex.add_argument("--preset", required=True, help=f"model preset, one of: {', '.join(list_models())}")
     ex.add_argument("--checkpoint", type=Path, default=None, help="weights to load (random init when omitted)")
     ex.add_argument("--out", type=Path, required=True, help="output folder for <graph>.onnx files")
@@ -32,7 +54,6 @@ def _parser() -> argparse.ArgumentParser:
         default=True,
         help="compare each graph with PyTorch in ONNX Runtime on fresh inputs",
     )
-    return p
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
@@ -77,6 +98,22 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+SUBCOMMANDS: tuple[Subcommand, ...] = (
+    Subcommand("export", "export (and validate) the ONNX graphs of a model", _add_export, _export),
+    Subcommand("distill", _cli_distill.HELP, _cli_distill.add_arguments, _cli_distill.run),
+    Subcommand("quantize", _cli_quantize.HELP, _cli_quantize.add_arguments, _cli_quantize.run),
+    Subcommand("trt", _cli_trt.HELP, _cli_trt.add_arguments, _cli_trt.run),
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="egovlp compress", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for command in SUBCOMMANDS:
+        command.add_arguments(sub.add_parser(command.name, help=command.help))
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``egovlp compress``.
 
@@ -84,12 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         argv: Arguments after ``compress``; ``sys.argv[1:]`` when None.
 
     Returns:
-        The exit status: 0 on success, 1 when a graph fails validation, 2 on bad arguments.
+        The exit status: 0 on success, 1 when the work fails (a graph fails validation, a package does not
+        verify), 2 on bad arguments, 3 when a needed backend (CUDA, TensorRT) is missing.
     """
     args = _parser().parse_args(argv)
-    if args.cmd == "export":
-        return _export(args)
-    raise AssertionError(f"unhandled command {args.cmd!r}")  # argparse restricts cmd to the subparsers
+    return next(c for c in SUBCOMMANDS if c.name == args.cmd).run(args)  # argparse restricts cmd to these
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 from egovlpv2_edge.config import get_config, list_models
 from egovlpv2_edge.graphs import GRAPH_NAMES
 from egovlpv2_edge.package import (
+    GraphEntry,
     Manifest,
     PackageError,
     Preprocessing,
@@ -120,6 +121,19 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _candidate_lines(g: GraphEntry) -> list[str]:
+    """The precisions measured for a graph's choice: latency per batch, drift, verdict."""
+    if not g.candidates:
+        return []
+    lines = [f"     measured on {g.measured_on or 'unknown'}:"]
+    for c in g.candidates:
+        lat = ", ".join(f"{k} {v:.3g} ms" for k, v in c.latency_ms.items()) or "no latency"
+        drift = ", ".join(f"{k} {v:.4g}" for k, v in c.drift.items())
+        verdict = "accepted" if c.accepted else "rejected"
+        lines.append(f"       {c.precision:12s} {c.method:12s} {lat}; {drift or 'reference'}; {verdict}: {c.note}")
+    return lines
+
+
 def _summary(m: Manifest) -> str:
     """The manifest as a few aligned human-readable lines."""
     lines = [
@@ -132,10 +146,13 @@ def _summary(m: Manifest) -> str:
         for precision, f in g.files.items():
             mark = "*" if precision == g.selected else " "
             lines.append(f"   {mark} {precision:6s} {f.size / 2**20:9.2f} MiB  {f.file}  sha256 {f.sha256[:16]}")
+        lines += _candidate_lines(g)
     lines.append("preprocessing: " + ", ".join(f"{k} {v}" for k, v in m.preprocessing.to_dict().items()))
     lines.append("fusion: " + ", ".join(f"{k} {v}" for k, v in m.fusion.items()))
     vocabs = ", ".join(f"{n} ({len(v)})" for n, v in m.answer_vocabs.items())
     lines.append(f"tokenizer: {m.tokenizer.file}; answer vocabularies: {vocabs or 'none'}")
+    if m.providers:
+        lines.append("provider settings: " + ", ".join(f"{n} ({e.file})" for n, e in m.providers.items()))
     lines.append("metrics:" + ("" if m.metrics else " none"))
     lines += [f"  {stage}: " + ", ".join(f"{k} {v:g}" for k, v in vals.items()) for stage, vals in m.metrics.items()]
     lines.append("libraries: " + ", ".join(f"{k} {v}" for k, v in m.libraries.items()))

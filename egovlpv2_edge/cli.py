@@ -1,7 +1,7 @@
 """The ``egovlp`` command: one entry point whose subcommands live beside the code they drive.
 
-Each subcommand is a module exposing ``main(argv) -> int``; it is imported only when called, so
-``egovlp run`` on a torch-free device never imports the training stack.
+Each subcommand is a module exposing ``main(argv) -> int`` (or ``module:function`` for another entry point); it
+is imported only when called, so ``egovlp run`` on a torch-free device never imports the training stack.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import importlib
 import logging
 import sys
 
-# name -> (module, one-line help). Modules are imported lazily.
+# name -> (module or "module:function", one-line help). Modules are imported lazily.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("egovlpv2_edge._demo", "run the end-to-end pipeline on synthetic footage (reuses finished stages)"),
     "model": ("egovlpv2_edge._cli_model", "list presets, show a preset's config, parameters and MACs"),
@@ -23,6 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "egovlpv2_edge.training.cli",
         "pre-train the teacher (EgoNCE + MLM + VTM; torchrun for several processes)",
     ),
+    "run": ("egovlpv2_edge._cli_runtime:main_run", "stream a camera, file or URL into a clip index (no torch)"),
+    "search": ("egovlpv2_edge._cli_runtime:main_search", "find moments in a clip index by text (gates off)"),
+    "ask": ("egovlpv2_edge._cli_runtime:main_ask", "answer a question from recent clips (fused layers, gates on)"),
+    "stats": ("egovlpv2_edge._cli_runtime:main_stats", "size, time span and cached tokens of a clip index"),
 }
 
 
@@ -52,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"egovlp: unknown command {name!r}; valid commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    module_name, _, function = COMMANDS[name][0].partition(":")
+    module = importlib.import_module(module_name)
+    return int(getattr(module, function or "main")(rest) or 0)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ read graph interfaces (``onnxruntime`` instead where ``onnx`` is not installed, 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -35,46 +34,99 @@ import os
 import platform
 import re
 import shutil
-import tarfile
 import tempfile
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
-from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, BinaryIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from egovlpv2_edge._archive import (
+    ARCHIVE_SUFFIX,
+    CHUNK,
+    MANIFEST_FILE,
+    archive_manifest_bytes,
+    atomic_file,
+    cached_root,
+    extract_archive,
+    extract_to_cache,
+    fsync_dir,
+    write_tar,
+)
+from egovlpv2_edge._interfaces import check_graph_file
+from egovlpv2_edge._manifest import PRECISION_RE as _PRECISION_RE
+from egovlpv2_edge._manifest import (
+    SCHEMA_VERSION,
+    SUPPORTED_SCHEMA_VERSIONS,
+    FileEntry,
+    GraphEntry,
+    Manifest,
+    PrecisionCandidate,
+    Preprocessing,
+    TensorInfo,
+)
+from egovlpv2_edge._package_errors import REBUILD as _REBUILD
+from egovlpv2_edge._package_errors import RECOPY as _RECOPY
+from egovlpv2_edge._package_errors import (
+    ChecksumError,
+    GraphMismatchError,
+    ManifestError,
+    MissingFileError,
+    PackageError,
+    SchemaVersionError,
+    UnsafeArchiveError,
+)
 from egovlpv2_edge.config import ModelConfig
-from egovlpv2_edge.graphs import GRAPH_NAMES, TensorSpec, graph_specs
+from egovlpv2_edge.graphs import GRAPH_NAMES, graph_specs
 from egovlpv2_edge.runconfig import git_revision as _git_revision
 
 if TYPE_CHECKING:
     from egovlpv2_edge.tokenizer import Tokenizer
 
+__all__ = [
+    "ARCHIVE_SUFFIX",
+    "GATE_SEMANTICS",
+    "MANIFEST_FILE",
+    "SCHEMA_VERSION",
+    "SUPPORTED_SCHEMA_VERSIONS",
+    "TOKENIZER_FILE",
+    "ChecksumError",
+    "FileEntry",
+    "GraphEntry",
+    "GraphMismatchError",
+    "Manifest",
+    "ManifestError",
+    "MissingFileError",
+    "ModelPackage",
+    "PackageError",
+    "PrecisionCandidate",
+    "Preprocessing",
+    "SchemaVersionError",
+    "TensorInfo",
+    "UnsafeArchiveError",
+    "VerifyReport",
+    "archive_path",
+    "build_package",
+    "extract_archive",
+    "git_revision",
+    "library_versions",
+    "load_manifest",
+    "open_package",
+    "sha256_file",
+    "verify_package",
+    "write_archive",
+]
+
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1  # bump on any incompatible manifest change
-SUPPORTED_SCHEMA_VERSIONS = (1,)
-MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
-ARCHIVE_SUFFIX = ".egopkg"
 GATE_SEMANTICS = "one scalar per fused layer and side, added without tanh; 0 = unimodal (dual), else fused"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_PRECISION_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-_CHUNK = 1 << 20
-_REBUILD = "rebuild the package with `egovlp package build`"
-_RECOPY = "re-download/copy the package (or rebuild it with `egovlp package build`)"
-# ONNX TensorProto element types by number (stable across onnx releases; no onnx import needed).
-_ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16"}
-_ONNX_DTYPES |= {11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16"}
-_ORT_DTYPES = {f"tensor({k})": v for k, v in [("float", "float32"), ("double", "float64"), ("float16", "float16")]}
-_ORT_DTYPES |= {f"tensor({t})": t for t in ("int8", "uint8", "int16", "int32", "int64", "uint32", "uint64", "bool")}
-_ORT_DTYPES["tensor(bfloat16)"] = "bfloat16"
-# importlib.metadata distribution names recorded in the manifest (first installed one wins).
 _LIBRARIES = {
     "egovlpv2-edge": ("egovlpv2-edge",),
     "numpy": ("numpy",),
@@ -83,313 +135,6 @@ _LIBRARIES = {
     "tokenizers": ("tokenizers",),
     "torch": ("torch",),
 }
-
-
-# ------------------------------------------------------------------------------------------------- errors
-class PackageError(ValueError):
-    """A model package is invalid, incomplete or corrupt; the message names the problem and the fix."""
-
-
-class ManifestError(PackageError):
-    """``manifest.json`` is not valid JSON, lacks a field, or contradicts the model config."""
-
-
-class SchemaVersionError(PackageError):
-    """The manifest's ``schema_version`` is not one this version of egovlpv2-edge can read."""
-
-
-class MissingFileError(PackageError):
-    """A file the manifest lists (or the manifest itself) is not in the package."""
-
-
-class ChecksumError(PackageError):
-    """A file's size or sha256 differs from the manifest: the file is corrupt or was replaced."""
-
-
-class GraphMismatchError(PackageError):
-    """A graph's ONNX inputs/outputs differ from the manifest (or the manifest from the graph specs)."""
-
-
-class UnsafeArchiveError(PackageError):
-    """An ``.egopkg`` member would escape the extraction folder or is not a regular file."""
-
-
-# ---------------------------------------------------------------------------------------------- manifest
-@dataclass(frozen=True)
-class TensorInfo:
-    """One graph input or output as recorded in the manifest (a copy of a :class:`~graphs.TensorSpec`).
-
-    Attributes:
-        name: ONNX value name.
-        dtype: Element type (``"float32"``, ``"int64"``, ...).
-        shape: Sizes; a string names a dynamic axis (``"batch"``).
-    """
-
-    name: str
-    dtype: str
-    shape: tuple[int | str, ...]
-
-    @classmethod
-    def from_spec(cls, spec: TensorSpec) -> TensorInfo:
-        """Copy a graph spec's tensor."""
-        return cls(spec.name, spec.dtype, tuple(spec.shape))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict."""
-        return _plain(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TensorInfo:
-        """Inverse of :meth:`to_dict`."""
-        return cls(str(data["name"]), str(data["dtype"]), tuple(data["shape"]))
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    """A file inside the package.
-
-    Attributes:
-        file: Path relative to the package root, ``/``-separated.
-        sha256: Hex digest of the content.
-        size: Size in bytes.
-    """
-
-    file: str
-    sha256: str
-    size: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict."""
-        return _plain(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> FileEntry:
-        """Inverse of :meth:`to_dict`; rejects paths that leave the package."""
-        entry = cls(str(data["file"]), str(data["sha256"]), int(data["size"]))
-        _check_relative(entry.file)
-        return entry
-
-
-@dataclass(frozen=True)
-class GraphEntry:
-    """One graph: its interface, its files by precision and the precision the runtime uses.
-
-    Attributes:
-        inputs: Input tensors in call order (shared by every precision: FP16/INT8 keep float32 boundaries).
-        outputs: Output tensors in return order.
-        files: Precision (``"fp32"``, ``"int8"``, ...) -> the ONNX file.
-        selected: The precision the runtime loads.
-        reason: Why it was selected, e.g. ``"int8 1.7x faster, -0.3 R@1"``.
-        opset: The ONNX opset of the spec the graph was exported against.
-    """
-
-    inputs: tuple[TensorInfo, ...]
-    outputs: tuple[TensorInfo, ...]
-    files: dict[str, FileEntry]
-    selected: str
-    reason: str
-    opset: int
-
-    def __post_init__(self) -> None:
-        if self.selected not in self.files:
-            raise ValueError(f"selected precision {self.selected!r} has no file; precisions: {sorted(self.files)}")
-        if not self.reason.strip():
-            raise ValueError("the selected precision needs a non-empty reason")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict."""
-        return _plain(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> GraphEntry:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            inputs=tuple(TensorInfo.from_dict(t) for t in data["inputs"]),
-            outputs=tuple(TensorInfo.from_dict(t) for t in data["outputs"]),
-            files={str(p): FileEntry.from_dict(e) for p, e in data["files"].items()},
-            selected=str(data["selected"]),
-            reason=str(data["reason"]),
-            opset=int(data["opset"]),
-        )
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How the runtime turns video and text into graph inputs.
-
-    Attributes:
-        frames_per_clip: Frames sampled per clip (the model's ``video.num_frames``).
-        img_size: Square frame size after resizing/cropping.
-        mean: RGB normalisation mean (pixels scaled to [0, 1] first).
-        std: RGB normalisation std.
-        clip_seconds: Length of the clip window the frames are sampled from.
-        stride_seconds: Step between consecutive clip windows when indexing a stream.
-        text_max_length: Tokens per text after padding/truncation.
-    """
-
-    frames_per_clip: int
-    img_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    clip_seconds: float
-    stride_seconds: float
-    text_max_length: int
-
-    def __post_init__(self) -> None:
-        for key in ("frames_per_clip", "img_size", "text_max_length", "clip_seconds", "stride_seconds"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise ValueError(f"preprocessing.{key} must be a positive number, got {value!r}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError(f"preprocessing mean/std must be 3 RGB values, std > 0; got {self.mean}, {self.std}")
-
-    @classmethod
-    def from_config(cls, cfg: ModelConfig, clip_seconds: float, stride_seconds: float) -> Preprocessing:
-        """The preprocessing a model config fixes, plus the clip window the runtime slides over a stream.
-
-        Args:
-            cfg: The model config (frames, image size, mean/std, text length).
-            clip_seconds: Clip window length in seconds.
-            stride_seconds: Step between windows in seconds.
-        """
-        v = cfg.video
-        return cls(v.num_frames, v.img_size, v.mean, v.std, clip_seconds, stride_seconds, cfg.text.max_length)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict."""
-        return _plain(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """The content of ``manifest.json``: everything needed to check and run a package.
-
-    Attributes:
-        name: Package name (also its directory and archive stem).
-        version: Package version, e.g. ``"0.1.0"``.
-        created: Build time, ISO 8601 UTC.
-        preset: Name of the model preset the config came from.
-        config: The full model config (:meth:`ModelConfig.to_dict`).
-        preprocessing: Frame/text preprocessing the graphs expect.
-        graphs: Graph name -> entry, in :data:`~graphs.GRAPH_NAMES` order.
-        tokenizer: The ``tokenizer.json`` file.
-        fusion: Fused layer count and gate semantics.
-        answer_vocabs: Head name -> answer strings (index = class id); may be empty.
-        heads: Extra files under ``heads/`` by name; may be empty.
-        source_checkpoint_sha256: Hash of the checkpoint the graphs were exported from, if known.
-        metrics: Stage (``"fp32"``, ``"int8"``, ...) -> metric -> value (accuracy and speed); may be empty.
-        libraries: Library versions at build time.
-        git_revision: Source revision at build time (``+dirty`` with uncommitted changes), if known.
-        schema_version: Manifest schema version.
-    """
-
-    name: str
-    version: str
-    created: str
-    preset: str
-    config: dict[str, Any]
-    preprocessing: Preprocessing
-    graphs: dict[str, GraphEntry]
-    tokenizer: FileEntry
-    fusion: dict[str, Any]
-    answer_vocabs: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    heads: dict[str, FileEntry] = field(default_factory=dict)
-    source_checkpoint_sha256: str | None = None
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    libraries: dict[str, str] = field(default_factory=dict)
-    git_revision: str | None = None
-    schema_version: int = SCHEMA_VERSION
-
-    def model_config(self) -> ModelConfig:
-        """The model config as a :class:`ModelConfig`."""
-        return ModelConfig.from_dict(self.config)
-
-    def files(self) -> list[FileEntry]:
-        """Every listed file: graphs (manifest order), tokenizer, heads."""
-        out = [e for g in self.graphs.values() for e in g.files.values()]
-        return out + [self.tokenizer, *self.heads.values()]
-
-    def selected(self) -> dict[str, FileEntry]:
-        """Graph name -> the file of its selected precision."""
-        return {name: g.files[g.selected] for name, g in self.graphs.items()}
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict, ``schema_version`` first."""
-        return {"schema_version": self.schema_version, **_plain(self)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
-        """Parse a manifest dict.
-
-        Raises:
-            SchemaVersionError: ``schema_version`` is not in :data:`SUPPORTED_SCHEMA_VERSIONS`.
-            ManifestError: A field is missing or malformed.
-        """
-        version = _schema_version(data)
-        try:
-            return cls(
-                schema_version=version,
-                name=str(data["name"]),
-                version=str(data["version"]),
-                created=str(data["created"]),
-                preset=str(data["preset"]),
-                config=dict(data["config"]),
-                preprocessing=Preprocessing.from_dict(data["preprocessing"]),
-                graphs={str(n): GraphEntry.from_dict(g) for n, g in data["graphs"].items()},
-                tokenizer=FileEntry.from_dict(data["tokenizer"]),
-                fusion=dict(data["fusion"]),
-                answer_vocabs={str(n): tuple(map(str, v)) for n, v in data.get("answer_vocabs", {}).items()},
-                heads={str(n): FileEntry.from_dict(e) for n, e in data.get("heads", {}).items()},
-                source_checkpoint_sha256=data.get("source_checkpoint_sha256"),
-                metrics={str(s): {str(k): float(v) for k, v in m.items()} for s, m in data.get("metrics", {}).items()},
-                libraries={str(k): str(v) for k, v in data.get("libraries", {}).items()},
-                git_revision=data.get("git_revision"),
-            )
-        except KeyError as err:
-            raise ManifestError(f"manifest lacks the field {err}; {_REBUILD}") from err
-        except (TypeError, ValueError, AttributeError) as err:
-            raise ManifestError(f"manifest is malformed ({err}); {_REBUILD}") from err
-
-
-def _plain(obj: Any) -> Any:
-    """Dataclasses -> dicts and tuples -> lists, recursively (the JSON form of the manifest types)."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    return obj
-
-
-def _unsafe_path(name: str) -> bool:
-    """True for a path that is empty, absolute (POSIX or Windows) or climbs out with ``..``."""
-    parts = [p for p in PurePosixPath(name).parts if p != "."]
-    return not parts or name.startswith(("/", "\\")) or "\\" in name or ".." in parts or ":" in parts[0]
-
-
-def _check_relative(file: str) -> None:
-    if _unsafe_path(file):
-        raise ValueError(f"file path {file!r} must be relative to the package root, without '..'")
-
-
-def _schema_version(data: Mapping[str, Any]) -> int:
-    if not isinstance(data, Mapping) or "schema_version" not in data:
-        raise ManifestError(f"manifest has no schema_version: it is not an egovlpv2-edge manifest; {_REBUILD}")
-    version = data["schema_version"]
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise ManifestError(f"manifest schema_version must be an int, got {version!r}; {_REBUILD}")
-    if version not in SUPPORTED_SCHEMA_VERSIONS:
-        raise SchemaVersionError(
-            f"manifest schema_version {version} is not supported (this egovlpv2-edge reads "
-            f"{', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))}); upgrade egovlpv2-edge or {_REBUILD} of this version"
-        )
-    return version
 
 
 # ------------------------------------------------------------------------------------------------- build
@@ -403,6 +148,9 @@ def build_package(
     preprocessing: Preprocessing,
     answer_vocabs: Mapping[str, Sequence[str]] | None = None,
     heads: Mapping[str, str | Path] | None = None,
+    providers: Mapping[str, str | Path] | None = None,
+    candidates: Mapping[str, Sequence[PrecisionCandidate]] | None = None,
+    measured_on: str = "",
     source_checkpoint: str | Path | None = None,
     metrics: Mapping[str, Mapping[str, float]] | None = None,
     version: str = "0.1.0",
@@ -423,6 +171,11 @@ def build_package(
         preprocessing: Preprocessing spec; must agree with ``config``.
         answer_vocabs: Head name -> answer strings, stored in the manifest.
         heads: Name -> extra JSON file, stored as ``heads/<name>.json``.
+        providers: Name -> execution-provider settings JSON, stored as ``providers/<name>.json`` (e.g. the
+            ``tensorrt`` file of ``egovlp compress trt``).
+        candidates: Graph -> the precisions measured when its precision was chosen (``egovlp compress quantize``);
+            the selected precision must be among them. Graphs left out record none.
+        measured_on: Where the candidates were measured (runtime, provider, threads, CPU).
         source_checkpoint: The checkpoint file the graphs came from (hashed), or its sha256 hex digest.
         metrics: Stage -> metric -> value (accuracy and speed).
         version: Package version.
@@ -437,7 +190,8 @@ def build_package(
     """
     out = Path(out_dir)
     _check_build_args(out, config, graphs, selected, preprocessing, version)
-    entries = _checked_graph_entries(config, graphs, selected, [tokenizer, *(heads or {}).values()])
+    extra = [tokenizer, *(heads or {}).values(), *(providers or {}).values()]
+    entries = _checked_graph_entries(config, graphs, selected, extra, candidates or {}, measured_on)
     _check_tokenizer(Path(tokenizer), preprocessing.text_max_length, config)
     vocabs, sha, checked = (
         _check_vocabs(answer_vocabs or {}),
@@ -446,6 +200,13 @@ def build_package(
     )
     _prepare_out_dir(out, overwrite)
     manifest = _copy_files(out, config, preprocessing, entries, graphs, tokenizer, heads or {}, version)
+    manifest = dataclasses.replace(
+        manifest,
+        providers={
+            n: _copy_in(Path(p), out, f"providers/{_check_name(n, 'provider')}.json")
+            for n, p in (providers or {}).items()
+        },
+    )
     _commit(
         out, dataclasses.replace(manifest, answer_vocabs=vocabs, source_checkpoint_sha256=sha, metrics=checked), archive
     )
@@ -484,8 +245,8 @@ def _copy_files(
 
 def _commit(out: Path, manifest: Manifest, archive: bool) -> None:
     """Write the manifest last (atomically), verify the result, then write the archive."""
-    for sub in ("graphs", "heads", ""):
-        _fsync_dir(out / sub)
+    for sub in ("graphs", "heads", "providers", ""):
+        fsync_dir(out / sub)
     _write_manifest(out, manifest)
     try:
         verify_package(out)
@@ -502,6 +263,8 @@ def _checked_graph_entries(
     graphs: Mapping[str, Mapping[str, str | Path]],
     selected: Mapping[str, tuple[str, str]],
     other_files: Sequence[str | Path],
+    candidates: Mapping[str, Sequence[PrecisionCandidate]],
+    measured_on: str,
 ) -> dict[str, GraphEntry]:
     """Manifest entries (hashes still empty) after checking every source file exists and every interface."""
     sources = [Path(p) for p in other_files] + [Path(p) for g in graphs.values() for p in g.values()]
@@ -511,9 +274,9 @@ def _checked_graph_entries(
     specs = graph_specs(config)
     entries = {}
     for name in GRAPH_NAMES:
-        entries[name] = _graph_entry(specs[name], graphs[name], selected[name])
+        entries[name] = _graph_entry(specs[name], graphs[name], selected[name], candidates.get(name, ()), measured_on)
         for src in graphs[name].values():
-            _check_graph_file(name, entries[name], Path(src), str(src))
+            check_graph_file(name, entries[name], Path(src), str(src))
     return entries
 
 
@@ -547,7 +310,13 @@ def _check_build_args(
     _check_consistency(preprocessing, config)
 
 
-def _graph_entry(spec: Any, files: Mapping[str, str | Path], choice: tuple[str, str]) -> GraphEntry:
+def _graph_entry(
+    spec: Any,
+    files: Mapping[str, str | Path],
+    choice: tuple[str, str],
+    candidates: Sequence[PrecisionCandidate],
+    measured_on: str,
+) -> GraphEntry:
     placeholder = {p: FileEntry(f"graphs/{spec.name}.{p}.onnx", "", 0) for p in sorted(files)}
     try:
         return GraphEntry(
@@ -557,6 +326,8 @@ def _graph_entry(spec: Any, files: Mapping[str, str | Path], choice: tuple[str, 
             selected=choice[0],
             reason=str(choice[1]),
             opset=spec.opset,
+            candidates=tuple(candidates),
+            measured_on=measured_on if candidates else "",
         )
     except ValueError as err:
         raise PackageError(f"graph {spec.name!r}: {err}") from err
@@ -576,8 +347,8 @@ def _prepare_out_dir(out: Path, overwrite: bool) -> None:
         # The old manifest goes first: a rebuild killed from here on leaves nothing that looks valid.
         (out / MANIFEST_FILE).unlink(missing_ok=True)
         archive_path(out).unlink(missing_ok=True)
-        _fsync_dir(out)
-        for sub in ("graphs", "heads"):
+        fsync_dir(out)
+        for sub in ("graphs", "heads", "providers"):
             shutil.rmtree(out / sub, ignore_errors=True)
         (out / TOKENIZER_FILE).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -589,7 +360,7 @@ def _copy_in(src: Path, root: Path, rel: str) -> FileEntry:
     dst.parent.mkdir(parents=True, exist_ok=True)
     digest, size = hashlib.sha256(), 0
     with open(src, "rb") as fin, open(dst, "wb") as fout:
-        while chunk := fin.read(_CHUNK):
+        while chunk := fin.read(CHUNK):
             digest.update(chunk)
             fout.write(chunk)
             size += len(chunk)
@@ -604,34 +375,8 @@ def _write_manifest(root: Path, manifest: Manifest) -> None:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    with _atomic_file(path) as f:
+    with atomic_file(path) as f:
         f.write(data)
-
-
-@contextlib.contextmanager
-def _atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """Write ``path`` through a temp file: fsync, rename over it, fsync the folder; nothing half-written is left."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:  # missing directory, or a platform that cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fusion_semantics(cfg: ModelConfig) -> dict[str, Any]:
@@ -721,7 +466,7 @@ def sha256_file(path: str | Path) -> tuple[str, int]:
     """The sha256 hex digest and size in bytes of a file, read in chunks."""
     digest, size = hashlib.sha256(), 0
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
+        while chunk := f.read(CHUNK):
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
@@ -751,86 +496,8 @@ def write_archive(package_dir: str | Path, dest: str | Path | None = None) -> Pa
     manifest = load_manifest(root)
     dest = Path(dest) if dest is not None else archive_path(root)
     mtime = int(datetime.fromisoformat(manifest.created).timestamp())
-    with _atomic_file(dest) as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for rel in [MANIFEST_FILE, *(e.file for e in manifest.files())]:
-            info = tarfile.TarInfo(f"{manifest.name}/{rel}")
-            info.size, info.mtime, info.mode = (root / rel).stat().st_size, mtime, 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            with open(root / rel, "rb") as f:
-                tar.addfile(info, f)
+    write_tar(root, manifest.name, [MANIFEST_FILE, *(e.file for e in manifest.files())], mtime, dest)
     return dest
-
-
-def _check_members(archive: Path, members: list[tarfile.TarInfo]) -> str:
-    """Reject unsafe members; returns the single top-level folder name."""
-    seen, tops = set(), set()
-    fix = "refusing to extract it; re-download/copy the archive from a trusted source"
-    for m in members:
-        if _unsafe_path(m.name):
-            raise UnsafeArchiveError(f"archive {str(archive)!r} member {m.name!r} is absolute or has '..'; {fix}")
-        if not (m.isreg() or m.isdir()):
-            kind = "symlink" if m.issym() else "hard link" if m.islnk() else "special file"
-            raise UnsafeArchiveError(f"archive {str(archive)!r} member {m.name!r} is a {kind}; {fix}")
-        parts = [p for p in PurePosixPath(m.name).parts if p != "."]
-        if len(parts) == 1 and not m.isdir():
-            raise PackageError(f"archive {str(archive)!r} has file {m.name!r} outside a package folder; {_RECOPY}")
-        key = "/".join(parts)
-        if key in seen and not m.isdir():
-            raise UnsafeArchiveError(f"archive {str(archive)!r} has member {m.name!r} twice; {fix}")
-        seen.add(key)
-        tops.add(parts[0])
-    if len(tops) != 1:
-        raise PackageError(
-            f"archive {str(archive)!r} must hold exactly one top-level package folder, found {sorted(tops)}; {_RECOPY}"
-        )
-    return tops.pop()
-
-
-def _open_tar(archive: Path) -> tarfile.TarFile:
-    try:
-        return tarfile.open(archive, "r:*")
-    except (tarfile.TarError, EOFError) as err:
-        raise PackageError(f"{str(archive)!r} is not a readable {ARCHIVE_SUFFIX} archive ({err}); {_RECOPY}") from err
-
-
-def extract_archive(archive: str | Path, dest: str | Path) -> Path:
-    """Safely extract an ``.egopkg`` into ``dest``; returns the package directory inside it.
-
-    Every member is checked before anything is written: absolute paths, ``..``, links, special files and
-    duplicates raise :class:`UnsafeArchiveError`.
-    """
-    archive, dest = Path(archive), Path(dest)
-    with _open_tar(archive) as tar:
-        try:
-            members = tar.getmembers()
-            top = _check_members(archive, members)
-            for m in members:
-                target = dest.joinpath(*[p for p in PurePosixPath(m.name).parts if p != "."])
-                if m.isdir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with tar.extractfile(m) as src, open(target, "xb") as out:  # type: ignore[union-attr]
-                    shutil.copyfileobj(src, out, _CHUNK)
-        except (tarfile.TarError, EOFError) as err:
-            raise PackageError(f"archive {str(archive)!r} is truncated or corrupt ({err}); {_RECOPY}") from err
-    return dest / top
-
-
-def _archive_manifest_bytes(archive: Path) -> bytes:
-    with _open_tar(archive) as tar:
-        try:
-            members = tar.getmembers()
-            top = _check_members(archive, members)
-            member = next(
-                (m for m in members if m.name in (f"{top}/{MANIFEST_FILE}", f"./{top}/{MANIFEST_FILE}")), None
-            )
-            if member is None:
-                raise MissingFileError(f"archive {str(archive)!r} has no {top}/{MANIFEST_FILE}; {_RECOPY}")
-            return tar.extractfile(member).read()  # type: ignore[union-attr]
-        except (tarfile.TarError, EOFError) as err:
-            raise PackageError(f"archive {str(archive)!r} is truncated or corrupt ({err}); {_RECOPY}") from err
 
 
 # ----------------------------------------------------------------------------------------------- verify
@@ -885,7 +552,7 @@ def load_manifest(path: str | Path) -> Manifest:
     """
     path = Path(path)
     if path.is_file():
-        raw = _archive_manifest_bytes(path)
+        raw = archive_manifest_bytes(path)
     elif (path / MANIFEST_FILE).is_file():
         raw = (path / MANIFEST_FILE).read_bytes()
     elif path.is_dir():
@@ -947,7 +614,7 @@ def _verify_dir(root: Path, check_interfaces: bool) -> VerifyReport:
     if check_interfaces:
         for name, graph in manifest.graphs.items():
             for f in graph.files.values():
-                interfaces = _check_graph_file(name, graph, root / f.file, f.file)
+                interfaces = check_graph_file(name, graph, root / f.file, f.file)
     vocab_size = _check_tokenizer(root / manifest.tokenizer.file, manifest.preprocessing.text_max_length, cfg)
     return VerifyReport(
         path=str(root),
@@ -1007,101 +674,6 @@ def _check_tokenizer(path: Path, max_length: int, cfg: ModelConfig) -> int:
     return tok.vocab_size
 
 
-# -------------------------------------------------------------------------------------- graph interfaces
-_Actual = dict[str, tuple[str, tuple[int | str, ...] | None]]  # name -> (dtype, shape or None when undeclared)
-
-
-def _check_graph_file(graph: str, entry: GraphEntry, path: Path, label: str) -> str:
-    """Compare a graph file's real inputs/outputs with ``entry``; returns the reader used."""
-    read = _read_interface(path, f"graph {graph!r} ({label})")
-    if read is None:
-        return "skipped"
-    inputs, outputs, reader = read
-    for kind, want, have in (("input", entry.inputs, inputs), ("output", entry.outputs, outputs)):
-        names = [t.name for t in want]
-        if set(names) != set(have) or len(names) != len(have):
-            raise GraphMismatchError(
-                f"graph {graph!r} ({label}): {kind} names differ: manifest {names}, file {list(have)} "
-                f"(missing {[n for n in names if n not in have]}, unexpected {[n for n in have if n not in names]}); "
-                f"re-export the graph to match egovlpv2_edge.graphs and {_REBUILD}"
-            )
-        for t in want:
-            dtype, shape = have[t.name]
-            problem = f"dtype {dtype} vs {t.dtype}" if dtype != t.dtype else _shape_problem(t.shape, shape)
-            if problem:
-                raise GraphMismatchError(
-                    f"graph {graph!r} ({label}): {kind} {t.name!r} is {dtype}{list(shape or ['?'])} in the file but "
-                    f"{t.dtype}{list(t.shape)} in the manifest ({problem}); re-export the graph and {_REBUILD}"
-                )
-    return reader
-
-
-def _shape_problem(want: tuple[int | str, ...], have: tuple[int | str, ...] | None) -> str:
-    if have is None:
-        return "the file declares no shape"
-    if len(want) != len(have):
-        return f"rank {len(have)} vs {len(want)}"
-    for i, (w, h) in enumerate(zip(want, have, strict=True)):
-        if isinstance(w, str) and not isinstance(h, str):
-            return f"dim {i} ({w!r}) must be dynamic, the file fixes it to {h}"
-        if isinstance(w, int) and w != h:
-            return f"dim {i} is {h}, expected {w}"
-    return ""
-
-
-def _read_interface(path: Path, label: str) -> tuple[_Actual, _Actual, str] | None:
-    try:
-        import onnx
-    except ImportError:
-        return _read_interface_ort(path, label)
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as err:  # protobuf raises its own DecodeError and friends
-        raise GraphMismatchError(f"{label} is not a readable ONNX model ({err}); {_RECOPY}") from err
-    external = [t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
-    if external:
-        raise GraphMismatchError(
-            f"{label} keeps weights in external data files ({external[:3]}...); packages hold self-contained graphs: "
-            f"re-export with the weights inside the .onnx and {_REBUILD}"
-        )
-    weights = {t.name for t in model.graph.initializer}
-    ins = {v.name: _onnx_tensor(v) for v in model.graph.input if v.name not in weights}
-    return ins, {v.name: _onnx_tensor(v) for v in model.graph.output}, "onnx"
-
-
-def _onnx_tensor(value: Any) -> tuple[str, tuple[int | str, ...] | None]:
-    if not value.type.HasField("tensor_type"):
-        return "non-tensor", None
-    t = value.type.tensor_type
-    dtype = _ONNX_DTYPES.get(t.elem_type, f"onnx-type-{t.elem_type}")
-    if not t.HasField("shape"):
-        return dtype, None
-    return dtype, tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim)
-
-
-def _read_interface_ort(path: Path, label: str) -> tuple[_Actual, _Actual, str] | None:
-    """Fallback without ``onnx`` (runtime-only installs): ask an onnxruntime CPU session."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        logger.warning("neither onnx nor onnxruntime is installed: graph interfaces of %s are not checked", label)
-        return None
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as err:  # onnxruntime raises its own exception types
-        raise GraphMismatchError(f"{label} does not load in onnxruntime ({err}); {_RECOPY}") from err
-
-    def table(args: list[Any]) -> _Actual:
-        return {
-            a.name: (_ORT_DTYPES.get(a.type, a.type), tuple(d if isinstance(d, int) else (d or "?") for d in a.shape))
-            for a in args
-        }
-
-    return table(session.get_inputs()), table(session.get_outputs()), "onnxruntime"
-
-
 # ------------------------------------------------------------------------------------------------- open
 class ModelPackage:
     """A verified package, ready for the runtime: the manifest, selected graph files and tokenizer.
@@ -1156,6 +728,44 @@ class ModelPackage:
 
         return Tokenizer.from_file(self.root / self.manifest.tokenizer.file, self.preprocessing.text_max_length)
 
+    def provider_settings(self, name: str) -> dict[str, Any]:
+        """The parsed execution-provider settings file ``providers/<name>.json`` (e.g. ``"tensorrt"``).
+
+        Raises:
+            ValueError: Unknown name; the message lists the valid ones.
+        """
+        if name not in self.manifest.providers:
+            raise ValueError(
+                f"no provider settings {name!r}; valid: {', '.join(self.manifest.providers) or '(none)'}; "
+                "add them with `egovlp compress trt`"
+            )
+        return json.loads((self.root / self.manifest.providers[name].file).read_text())
+
+    def provider_options(self, name: str, graph: str, cache_dir: str | Path) -> tuple[str, dict[str, str]]:
+        """One graph's execution provider and its options, ready for ``ort.InferenceSession(providers=...)``.
+
+        ``{cache_dir}`` in option values (engine and timing caches) becomes ``cache_dir``: the package itself may
+        be read-only, the caches must be writable and persist between runs on the device.
+
+        Args:
+            name: Settings name, e.g. ``"tensorrt"``.
+            graph: Graph name.
+            cache_dir: Writable folder for engine and timing caches.
+
+        Returns:
+            ``(provider name, {option: value as str})``.
+
+        Raises:
+            ValueError: Unknown settings name or graph; the message lists the valid ones.
+        """
+        settings = self.provider_settings(name)
+        graphs = settings.get("graphs", {})
+        if graph not in graphs:
+            raise ValueError(f"provider settings {name!r} have no graph {graph!r}; valid: {', '.join(graphs)}")
+        cache = str(Path(cache_dir))
+        options = {k: str(v).replace("{cache_dir}", cache) for k, v in graphs[graph]["options"].items()}
+        return str(settings["provider"]), options
+
     def answer_vocab(self, name: str) -> list[str]:
         """An answer vocabulary by head name (index = class id).
 
@@ -1205,17 +815,17 @@ def open_package(path: str | Path, *, cache_dir: str | Path | None = None) -> Mo
         return ModelPackage(path, load_manifest(path), verify_package(path))
     if not path.is_file():
         raise MissingFileError(f"model package {str(path)!r} not found; pass a package directory or {ARCHIVE_SUFFIX}")
-    stamp = hashlib.sha256(_archive_manifest_bytes(path)).hexdigest()
+    stamp = hashlib.sha256(archive_manifest_bytes(path)).hexdigest()
     base = Path(cache_dir) if cache_dir is not None else path.parent
     cache = base / f"{path.name}.d"
     try:
-        root = _cached_root(cache, stamp)
+        root = cached_root(cache, stamp)
         if root is not None:
             try:
                 return ModelPackage(root, load_manifest(root), verify_package(root))
             except PackageError as err:
                 logger.warning("extraction cache %s is damaged (%s); extracting again", cache, err)
-        root = _extract_to_cache(path, cache, stamp)
+        root = extract_to_cache(path, cache, stamp)
         temp = None
     except OSError as err:  # read-only or unwritable folder: extract to a private temporary directory
         temp = Path(tempfile.mkdtemp(prefix="egopkg-"))
@@ -1227,39 +837,3 @@ def open_package(path: str | Path, *, cache_dir: str | Path | None = None) -> Mo
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
         raise
-
-
-_STAMP_FILE = "source.json"
-
-
-def _cached_root(cache: Path, stamp: str) -> Path | None:
-    try:
-        data = json.loads((cache / _STAMP_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    root = cache / str(data.get("root", ""))
-    return root if data.get("manifest_sha256") == stamp and root.parent == cache and root.is_dir() else None
-
-
-def _extract_to_cache(archive: Path, cache: Path, stamp: str) -> Path:
-    """Extract into a staging folder beside ``cache``, then swap it in with renames."""
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", dir=cache.parent))
-    try:
-        root = extract_archive(archive, staging)
-        stamp_data = json.dumps({"manifest_sha256": stamp, "root": root.name, "archive": archive.name})
-        (staging / _STAMP_FILE).write_text(stamp_data + "\n")
-        if cache.exists():
-            old = cache.with_name(f".{cache.name}.old-{os.getpid()}")
-            os.replace(cache, old)
-            shutil.rmtree(old, ignore_errors=True)
-        try:
-            os.replace(staging, cache)
-        except OSError:  # another process put its extraction there first: use it if it is this archive's
-            if _cached_root(cache, stamp) is None:
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return cache / root.name

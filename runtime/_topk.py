@@ -3,49 +3,54 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Protocol
 
 import numpy as np
 
 CHUNK_ROWS = 16384  # rows scored per matmul block: bounds the float32 copy of an fp16 block
 
 
+class RowColumns(Protocol):
+    """Per-row search columns of an index snapshot, valid up to ``n``."""
+
+    n: int
+    start: np.ndarray  # (>= n,) clip start per row
+    end: np.ndarray  # (>= n,) clip end per row
+    source: np.ndarray  # (>= n,) source code per row
+    has_tokens: np.ndarray  # (>= n,) bool, tokens cached
+    source_codes: Mapping[str, int]  # source name -> code
+
+
 def candidate_rows(
-    n: int,
-    start: np.ndarray,
-    end: np.ndarray,
-    source_col: np.ndarray,
-    source_codes: Mapping[str, int],
-    since: float | None,
-    until: float | None,
-    source: str | None,
+    cols: RowColumns, since: float | None, until: float | None, source: str | None, tokens_only: bool = False
 ) -> np.ndarray | None:
-    """Rows ``< n`` whose clip overlaps ``[since, until]`` and comes from ``source``; None without filters.
+    """Rows ``< n`` whose clip overlaps ``[since, until]``, comes from ``source`` and (optionally) has tokens.
 
     Args:
-        n: Number of valid rows.
-        start: (>= n,) clip start per row.
-        end: (>= n,) clip end per row.
-        source_col: (>= n,) source code per row.
-        source_codes: Source name -> code.
+        cols: The row columns.
         since: Keep rows with ``end >= since``.
         until: Keep rows with ``start <= until``.
         source: Keep rows of this source.
+        tokens_only: Keep rows whose tokens are cached.
 
     Returns:
         Ascending row numbers, or None when no filter is set (every row).
     """
-    if since is None and until is None and source is None:
+    if since is None and until is None and source is None and not tokens_only:
         return None
+    n = cols.n
     mask = np.ones(n, dtype=bool)
     if since is not None:
-        mask &= end[:n] >= since
+        mask &= cols.end[:n] >= since
     if until is not None:
-        mask &= start[:n] <= until
+        mask &= cols.start[:n] <= until
+    if tokens_only:
+        mask &= cols.has_tokens[:n]
     if source is not None:
-        code = source_codes.get(source)
+        code = cols.source_codes.get(source)
         if code is None:
             return np.empty(0, np.int64)
-        mask &= source_col[:n] == code
+        mask &= cols.source[:n] == code
     return np.flatnonzero(mask)
 
 

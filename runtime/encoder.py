@@ -6,7 +6,11 @@ One :class:`PackageEncoder` holds a session per graph of a verified package (``e
   -> L2-normalised clip embeddings (gates off);
 * ``encode_texts``: texts -> ``text_lower`` -> ``text_upper`` -> embeddings, cached per text;
 * ``match``: cached clip tokens + a text -> ``fused_upper`` -> the VTM match probability (gates on), running only
-  the top layers.
+  the top layers (``fused`` gives the graph's raw outputs).
+
+Query texts: longer than :data:`MAX_QUERY_CHARS` characters is rejected with :class:`QueryError` (a 1 MB paste
+is a mistake, not a query); a text with more tokens than the package's ``text_max_length`` is truncated to its
+first tokens, as in training, with a logged warning. Encoders are safe to share between threads.
 
 Execution providers are tried in the order TensorRT, CUDA, CPU (those the installed onnxruntime has); the ones a
 session really uses are logged and reported by :attr:`PackageEncoder.providers`. No torch anywhere.
@@ -15,6 +19,7 @@ session really uses are logged and reported by :attr:`PackageEncoder.providers`.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +33,11 @@ from egovlpv2_edge.package import ModelPackage
 log = logging.getLogger(__name__)
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+MAX_QUERY_CHARS = 2000  # longer query texts are rejected before tokenizing
+
+
+class QueryError(ValueError):
+    """A query text is unusable (empty, not a string, or far too long); the message says what to change."""
 
 
 def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
@@ -90,6 +100,10 @@ class PackageEncoder:
         log.info("graph sessions on %s", self.providers)
         self._text_cache: OrderedDict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
         self._text_cache_size = text_cache
+        self._text_lock = threading.Lock()  # the LRU is shared by query threads
+        max_length = package.config.text.max_length
+        specials = int(self.tokenizer.encode([""], max_length=max_length).attention_mask.sum())
+        self.text_capacity = max_length - specials  # content tokens a text keeps; the rest is truncated
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         spec = self.specs[graph]
@@ -104,40 +118,64 @@ class PackageEncoder:
         return ClipEncoding(emb, tokens)
 
     def _text(self, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError("a query text must be a non-empty string")
-        hit = self._text_cache.get(text)
-        if hit is not None:
-            self._text_cache.move_to_end(text)
-            return hit
+        check_query(text)
+        with self._text_lock:
+            hit = self._text_cache.get(text)
+            if hit is not None:
+                self._text_cache.move_to_end(text)
+                return hit
         batch = self.tokenizer.encode([text], max_length=self.package.config.text.max_length)
+        if batch.attention_mask[0, -1] and (tokens := self.count_tokens(text)) > self.text_capacity:
+            log.warning("query %r has %d tokens; the model reads the first %d (truncated)", text[:60], tokens,
+                        self.text_capacity)  # fmt: skip
         feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         states = self._run("text_lower", feeds)["text_tokens"]
         emb = self._run("text_upper", {"text_tokens": states, "attention_mask": batch.attention_mask})
         entry = (emb["text_embedding"][0], states, batch.input_ids, batch.attention_mask)
-        self._text_cache[text] = entry
-        if len(self._text_cache) > self._text_cache_size:
-            self._text_cache.popitem(last=False)
+        with self._text_lock:
+            self._text_cache[text] = entry
+            if len(self._text_cache) > self._text_cache_size:
+                self._text_cache.popitem(last=False)
         return entry
+
+    def count_tokens(self, text: str) -> int:
+        """Content tokens of ``text`` (specials not counted) before truncation."""
+        return len(self.tokenizer.backend.encode(text, add_special_tokens=False).ids)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised dual text embeddings ``(N, E)`` (cached per text)."""
         return np.stack([self._text(t)[0] for t in texts])
 
-    def match(self, tokens: np.ndarray, text: str) -> np.ndarray:
-        """VTM match probability of each clip ``tokens`` ``(B, T, Dv)`` with ``text``, fused top layers only."""
+    def fused(self, tokens: np.ndarray, text: str) -> dict[str, np.ndarray]:
+        """Outputs of the fused top layers (gates on) for each clip ``tokens`` ``(B, T, Dv)`` with ``text``."""
         _, states, _, mask = self._text(text)
         tokens = np.ascontiguousarray(tokens, dtype=np.float32)  # the index may keep them as float16
         B = tokens.shape[0]
         name = self.specs["fused_upper"].input_names[0]
-        out = self._run(
+        return self._run(
             "fused_upper",
             {name: tokens, "text_tokens": np.repeat(states, B, 0), "attention_mask": np.repeat(mask, B, 0)},
         )
-        logits = out["vtm_logits"].astype(np.float64)
+
+    def match(self, tokens: np.ndarray, text: str) -> np.ndarray:
+        """VTM match probability of each clip ``tokens`` ``(B, T, Dv)`` with ``text``, fused top layers only."""
+        logits = self.fused(tokens, text)["vtm_logits"].astype(np.float64)
         p = np.exp(logits - logits.max(axis=1, keepdims=True))
         return (p[:, 1] / p.sum(axis=1)).astype(np.float32)
 
     def info(self) -> dict[str, Any]:
         """Providers per graph and the package's preprocessing."""
         return {"providers": dict(self.providers), "preprocessing": self.package.preprocessing.to_dict()}
+
+
+def check_query(text: object) -> None:
+    """Raise :class:`QueryError` unless ``text`` is a non-empty string of at most :data:`MAX_QUERY_CHARS`."""
+    if not isinstance(text, str):
+        raise QueryError(f"a query text must be a non-empty string, got {type(text).__name__}")
+    if not text.strip():
+        raise QueryError("a query text must be a non-empty string; describe the moment, e.g. 'C opens the fridge'")
+    if len(text) > MAX_QUERY_CHARS:
+        raise QueryError(
+            f"query is {len(text):,} characters; the limit is {MAX_QUERY_CHARS:,} (the model reads only its first "
+            "tokens anyway): pass a short description of the moment"
+        )

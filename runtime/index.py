@@ -121,6 +121,7 @@ class _Snapshot:
     start: np.ndarray  # (capacity,) float64
     end: np.ndarray  # (capacity,) float64
     source: np.ndarray  # (capacity,) int32 source code
+    has_tokens: np.ndarray  # (capacity,) bool, the clip's tokens are cached (cleared in place when dropped)
     source_codes: Mapping[str, int]
 
 
@@ -266,15 +267,16 @@ class ClipIndex:
             _unlink_tokens(tokens_dir, stale)
 
     def _load_snapshot(self, n: int) -> None:
-        rows = self._db.execute("SELECT id, start_ts, end_ts, source FROM clips ORDER BY row").fetchall()
+        rows = self._db.execute("SELECT id, start_ts, end_ts, source, token_bytes FROM clips ORDER BY row").fetchall()
         self._source_codes: dict[str, int] = {}
         capacity = max(64, n)
         self._ids = np.zeros(capacity, np.int64)
         self._start = np.zeros(capacity, np.float64)
         self._end = np.zeros(capacity, np.float64)
         self._source = np.zeros(capacity, np.int32)
-        for r, (clip_id, start, end, source) in enumerate(rows):
-            self._ids[r], self._start[r], self._end[r] = clip_id, start, end
+        self._has_tokens = np.zeros(capacity, bool)
+        for r, (clip_id, start, end, source, token_bytes) in enumerate(rows):
+            self._ids[r], self._start[r], self._end[r], self._has_tokens[r] = clip_id, start, end, token_bytes > 0
             self._source[r] = self._source_codes.setdefault(source, len(self._source_codes))
         self._publish(n)
 
@@ -292,6 +294,7 @@ class ClipIndex:
             self._start,
             self._end,
             self._source,
+            self._has_tokens,
             MappingProxyType(dict(self._source_codes)),
         )
 
@@ -344,7 +347,8 @@ class ClipIndex:
                 _unlink_tokens(self.path / _TOKENS, token_bytes)
                 raise
             self._next_id += count
-            self._append_columns(ids, batch)
+            self._append_columns(ids, batch, token_bytes)
+            self._has_tokens[np.searchsorted(self._ids[: n + count], stale)] = False  # ids ascend with rows
             self._publish(n + count)
             _unlink_tokens(self.path / _TOKENS, stale)
         return ids
@@ -400,17 +404,18 @@ class ClipIndex:
         self._db.executemany("UPDATE clips SET token_bytes = 0 WHERE id = ?", [(i,) for i in stale])
         return stale
 
-    def _append_columns(self, ids: list[int], batch: _Batch) -> None:
+    def _append_columns(self, ids: list[int], batch: _Batch, token_bytes: Mapping[int, int]) -> None:
         """Write the new rows' search columns past ``n`` (invisible until published), growing if needed."""
         n, count = self._snap.n, len(ids)
         if n + count > self._ids.shape[0]:
             capacity = max(2 * self._ids.shape[0], n + count)
             # New arrays: searches holding the old snapshot keep reading the old ones.
-            self._ids, self._start, self._end, self._source = (
+            self._ids, self._start, self._end, self._source, self._has_tokens = (
                 np.concatenate([a[:n], np.zeros(capacity - n, a.dtype)])
-                for a in (self._ids, self._start, self._end, self._source)
+                for a in (self._ids, self._start, self._end, self._source, self._has_tokens)
             )
         self._ids[n : n + count] = ids
+        self._has_tokens[n : n + count] = [clip_id in token_bytes for clip_id in ids]
         self._start[n : n + count] = batch.start
         self._end[n : n + count] = batch.end
         for i, name in enumerate(batch.source):
@@ -532,9 +537,9 @@ class ClipIndex:
         new_fd = os.open(new_path, os.O_RDWR)
         os.close(self._vec_fd)
         self._vec_fd, self._generation = new_fd, new_gen
-        self._ids, self._start, self._end, self._source = (
+        self._ids, self._start, self._end, self._source, self._has_tokens = (
             np.concatenate([a[keep], np.zeros(max(64, keep.size) - keep.size, a.dtype)])
-            for a in (self._ids, self._start, self._end, self._source)
+            for a in (self._ids, self._start, self._end, self._source, self._has_tokens)
         )
         self._publish(int(keep.size))
         self._vector_path(old_gen).unlink(missing_ok=True)
@@ -551,8 +556,9 @@ class ClipIndex:
         since: float | None = None,
         until: float | None = None,
         source: str | None = None,
+        tokens_only: bool = False,
     ) -> list[list[Hit]]:
-        """Cosine top-k over the committed clips, optionally restricted in time and source.
+        """Cosine top-k over the committed clips, optionally restricted in time, source and cached tokens.
 
         A clip matches the time filter when it overlaps ``[since, until]`` (``end_ts >= since`` and
         ``start_ts <= until``), on the source's clock. Safe to call from any thread while another adds.
@@ -563,6 +569,7 @@ class ClipIndex:
             since: Keep clips ending at or after this time.
             until: Keep clips starting at or before this time.
             source: Keep clips of this source only.
+            tokens_only: Keep clips whose tokens are cached (candidates for the fused layers).
 
         Returns:
             One list of hits per query, best first (each empty when nothing matches or the index is empty).
@@ -579,7 +586,7 @@ class ClipIndex:
         q = q / norms
         self._check_open()
         snap = self._snap
-        rows = candidate_rows(snap.n, snap.start, snap.end, snap.source, snap.source_codes, since, until, source)
+        rows = candidate_rows(snap, since, until, source, tokens_only)
         if snap.n == 0 or (rows is not None and rows.size == 0):
             return [[] for _ in range(q.shape[0])]
         top_rows, top_scores = topk(snap.vectors, rows, q, int(k))  # (Q, k'), (Q, k')

@@ -41,9 +41,9 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Generic, Literal, Protocol, TypeVar
 
 import cv2
 import numpy as np
@@ -51,6 +51,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 SourceKind = Literal["device", "file", "stream", "gstreamer"]
+T = TypeVar("T")
 _URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _CREDENTIALS_RE = re.compile(r"(://)[^/@\s]+@")
 _STREAM_OPEN_TIMEOUT_MS = 10_000  # FFmpeg backend: give up opening a dead URL after this long
@@ -91,6 +92,7 @@ class Frame:
     image: np.ndarray  # (H, W, 3) uint8 RGB
     ts: float  # seconds: file position for files, capture clock since the first frame for live sources
     index: int  # 0-based count of frames this source delivered
+    arrived: float = field(default_factory=time.monotonic)  # time.monotonic() when decoded (for latencies)
 
 
 @dataclass(frozen=True)
@@ -407,35 +409,42 @@ def _to_rgb(image: np.ndarray) -> np.ndarray:
     raise SourceError(f"source delivered frames of shape {image.shape}; expected (H, W), (H, W, 3) or (H, W, 4)")
 
 
-class FrameRing:
-    """Bounded FIFO of frames whose ``put`` never blocks: when full, the oldest frame is dropped and counted.
+class DropOldestRing(Generic[T]):
+    """Bounded FIFO whose ``put`` never blocks: when full, the oldest item is dropped and counted.
 
-    Memory is bounded by ``capacity`` frames. Safe for one or more producers and consumers.
+    Memory is bounded by ``capacity`` items. Safe for one or more producers and consumers. The runtime uses
+    one for frames (:class:`FrameRing`) and one for sampled clips waiting for the encoder. With ``lossless``
+    ``put`` waits for room instead (for a file read as fast as possible, where nothing needs dropping).
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, *, lossless: bool = False) -> None:
         """Create an empty ring.
 
         Args:
-            capacity: Most frames held at once (>= 1).
+            capacity: Most items held at once (>= 1).
+            lossless: ``put`` waits for room (or ``close``) instead of dropping the oldest item.
         """
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise ValueError(f"capacity must be an int >= 1, got {capacity!r}")
         self.capacity = capacity
-        self.pushed = 0  # frames offered by put
-        self.dropped = 0  # frames discarded: evicted when full, or put after close
-        self._items: collections.deque[Frame] = collections.deque()
+        self.lossless = lossless
+        self.pushed = 0  # items offered by put
+        self.dropped = 0  # items discarded: evicted when full, or put after close
+        self.peak = 0  # most items held at once so far
+        self._items: collections.deque[T] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
 
-    def put(self, frame: Frame) -> bool:
-        """Add a frame without blocking.
+    def put(self, item: T) -> bool:
+        """Add an item without blocking (lossless: once there is room).
 
         Returns:
-            True if a frame was discarded (the oldest one, or this one if the ring is closed).
+            True if an item was discarded (the oldest one, or this one if the ring is closed).
         """
         with self._cond:
             self.pushed += 1
+            if self.lossless:
+                self._cond.wait_for(lambda: len(self._items) < self.capacity or self._closed)
             if self._closed:
                 self.dropped += 1
                 return True
@@ -443,30 +452,47 @@ class FrameRing:
             if evicted:
                 self._items.popleft()
                 self.dropped += 1
-            self._items.append(frame)
+            self._items.append(item)
+            self.peak = max(self.peak, len(self._items))
             self._cond.notify()
             return evicted
 
-    def get(self, timeout: float | None = None) -> Frame | None:
-        """Remove and return the oldest frame, waiting up to ``timeout`` seconds (None waits forever).
+    def get(self, timeout: float | None = None) -> T | None:
+        """Remove and return the oldest item, waiting up to ``timeout`` seconds (None waits forever).
 
         Returns:
-            The frame, or None on timeout or once the ring is closed and empty.
+            The item, or None on timeout or once the ring is closed and empty.
         """
         with self._cond:
             if not self._cond.wait_for(lambda: self._items or self._closed, timeout):
                 return None
-            return self._items.popleft() if self._items else None
+            item = self._items.popleft() if self._items else None
+            self._cond.notify_all()  # a lossless producer may wait for room
+            return item
 
-    def drain(self) -> list[Frame]:
-        """Remove and return every buffered frame, oldest first, without waiting."""
+    def get_batch(self, max_items: int, timeout: float | None = None) -> list[T]:
+        """Wait like :meth:`get` for one item, then also take up to ``max_items - 1`` more that are waiting.
+
+        Returns:
+            Oldest first; empty on timeout or once the ring is closed and empty.
+        """
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._items or self._closed, timeout):
+                return []
+            items = [self._items.popleft() for _ in range(min(max_items, len(self._items)))]
+            self._cond.notify_all()
+            return items
+
+    def drain(self) -> list[T]:
+        """Remove and return every buffered item, oldest first, without waiting."""
         with self._cond:
             items = list(self._items)
             self._items.clear()
+            self._cond.notify_all()
             return items
 
     def close(self) -> None:
-        """Wake all consumers; ``get`` returns None once the remaining frames are taken."""
+        """Wake all consumers; ``get`` returns None once the remaining items are taken."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -479,6 +505,10 @@ class FrameRing:
     def __len__(self) -> int:
         with self._cond:
             return len(self._items)
+
+
+class FrameRing(DropOldestRing[Frame]):
+    """The capture ring: a :class:`DropOldestRing` of frames, so the newest footage always gets in."""
 
 
 @dataclass(frozen=True)

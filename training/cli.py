@@ -1,10 +1,14 @@
-"""``egovlp train``: pre-training (``pretrain``) runs; launch with ``torchrun`` to use several processes.
+"""``egovlp train``: pre-training (``pretrain``) runs, launched with ``torchrun`` to use several processes, and
+task fine-tuning (``finetune --task qa|retrieval|nlq``) from a pre-trained checkpoint.
 
 Configuration is the :class:`~egovlpv2_edge.training.trainer.PretrainConfig` dataclass, an optional JSON override
 file (``--config``) and ``key=value`` overrides, e.g.::
 
     egovlp train pretrain data=data/synth out=runs/teacher preset=egovlpv2_small epochs=3
     torchrun --nproc_per_node 2 -m egovlpv2_edge.training.cli pretrain batch_size=32
+    egovlp train finetune --task qa --init runs/teacher/teacher.pt data=data/synth out=runs/qa max_steps=200
+
+Fine-tuning reads :class:`~egovlpv2_edge.training.tasks.finetune.FinetuneConfig` the same way.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from egovlpv2_edge.runconfig import resolve
 
@@ -23,7 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     pre = sub.add_parser("pretrain", help="pre-train the teacher (EgoNCE + MLM + VTM)")
     pre.add_argument("--config", help="JSON file with the keys to change")
     pre.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys for nested fields)")
+    ft = sub.add_parser("finetune", help="fine-tune a task head (qa, retrieval, nlq) from a pre-trained checkpoint")
+    ft.add_argument("--task", required=True, choices=["qa", "retrieval", "nlq"], help="task to fine-tune")
+    ft.add_argument("--init", help="pre-trained checkpoint to start from (e.g. runs/teacher/teacher.pt)")
+    ft.add_argument("--config", help="JSON file with the keys to change")
+    ft.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys for nested fields)")
     args = p.parse_args(argv)
+    if args.cmd == "finetune":
+        return _finetune(args)
     from egovlpv2_edge.training.trainer import PretrainConfig, train
 
     try:
@@ -33,6 +45,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     final = train(cfg)
     print(f"teacher checkpoint: {final}")
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from egovlpv2_edge.training.tasks.finetune import FinetuneConfig, finetune
+
+    extra = [f"task={args.task}"] + ([f"init={args.init}"] if args.init else [])
+    try:
+        cfg = resolve(FinetuneConfig, args.config, list(args.overrides) + extra)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"egovlp train finetune: {exc}", file=sys.stderr)
+        return 2
+    if cfg.init and not Path(cfg.init).is_file():
+        print(f"egovlp train finetune: --init {cfg.init} does not exist; pre-train one with `egovlp train pretrain`",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    final = finetune(cfg)
+    print(f"fine-tuned {cfg.task} checkpoint: {final}")
     return 0
 
 

@@ -1,9 +1,17 @@
-"""``egovlp eval``: zero-shot EgoMCQ (dual / fusion / ensemble, inter / intra) and text-to-video retrieval."""
+"""``egovlp eval``: zero-shot EgoMCQ and retrieval, and the fine-tuned tasks against their baselines.
+
+    egovlp eval egomcq --checkpoint runs/teacher/teacher.pt --data data/synth
+    egovlp eval --task qa --checkpoint runs/qa/finetuned.pt --data data/synth [--shuffle-frames]
+    egovlp eval --task retrieval --checkpoint runs/retrieval/finetuned.pt --data data/synth [--baseline PT]
+    egovlp eval --task nlq --checkpoint runs/nlq/finetuned.pt --data data/synth [--annotations nlq_val.json]
+    egovlp eval --task zeroshot --checkpoint runs/teacher/teacher.pt --data data/synth [--classes verb]
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -32,9 +40,18 @@ def load_run(checkpoint: str | Path, tokenizer: str | Path | None = None) -> tup
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``egovlp eval``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--task" or a.startswith("--task=") for a in argv):
+        from egovlpv2_edge.training.tasks._eval_cli import main as task_main
+
+        return task_main(argv)
+    return _egomcq_main(argv)
+
+
+def _egomcq_main(argv: list[str]) -> int:
     from egovlpv2_edge.training.evaluate import evaluate_egomcq, evaluate_retrieval
 
-    p = argparse.ArgumentParser(prog="egovlp eval", description=__doc__)
+    p = argparse.ArgumentParser(prog="egovlp eval", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="task", required=True)
     mcq = sub.add_parser("egomcq", help="EgoMCQ accuracy and text-to-video recall")
     mcq.add_argument("--checkpoint", required=True)

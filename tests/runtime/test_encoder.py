@@ -10,38 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.runtime._package import SENTENCES
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxscript")
 
-SENTENCES = [f"#C C {v} the {c} {n}" for v in ("picks up", "puts down", "opens", "wipes") for c in ("red", "blue")
-             for n in ("cup", "box", "bowl")]  # fmt: skip
-
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> tuple[Path, object, object]:
-    from egovlpv2_edge import create_model
-    from egovlpv2_edge.compress.export import export_all
-    from egovlpv2_edge.graphs import GRAPH_NAMES
-    from egovlpv2_edge.package import Preprocessing, build_package
-    from egovlpv2_edge.tokenizer import Tokenizer
-
-    root = tmp_path_factory.mktemp("pkg")
-    model = create_model("egovlpv2_test")
-    with torch.no_grad():
-        for i, gate in enumerate(model.gates()):
-            gate.fill_(0.5 + i)
-    export_all(model, root / "graphs")
-    tok = Tokenizer.train_bpe(SENTENCES * 4, vocab_size=400, max_length=model.cfg.text.max_length)
-    tok.save(root / "tokenizer.json")
-    pkg = build_package(
-        root / "package" / "tiny",
-        config=model.cfg,
-        graphs={g: {"fp32": root / "graphs" / f"{g}.onnx"} for g in GRAPH_NAMES},
-        selected={g: ("fp32", "test") for g in GRAPH_NAMES},
-        tokenizer=root / "tokenizer.json",
-        preprocessing=Preprocessing.from_config(model.cfg, clip_seconds=2.0, stride_seconds=1.0),
-    )
-    return pkg, model, tok
+def built(exported, package) -> tuple[Path, object, object]:
+    return package, exported[1], exported[2]
 
 
 def test_encoder_equals_pytorch_in_both_gate_states(built) -> None:

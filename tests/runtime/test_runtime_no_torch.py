@@ -1,4 +1,4 @@
-"""The runtime index and sources import and work in an install without torch (a Jetson ``[runtime]`` install)."""
+"""The runtime (index, sources, SDK stream + search + ask) works in an install without torch (Jetson ``[runtime]``)."""
 
 from __future__ import annotations
 
@@ -55,3 +55,43 @@ def test_index_and_sources_work_without_torch(tmp_path: Path) -> None:
         env=dict(os.environ),
     )
     assert result.returncode == 0 and result.stdout.strip() == "OK", result.stderr
+
+
+_SDK_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+
+    class BlockTorch:
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError(f"{name} is blocked: the runtime must not need torch")
+            return None
+
+    sys.meta_path.insert(0, BlockTorch())
+    import egovlpv2_edge
+    from egovlpv2_edge.runtime.testing import FakeCameraFactory
+
+    camera = FakeCameraFactory(pace=True, fps=50.0)
+    with egovlpv2_edge.open(sys.argv[1], 0, sys.argv[2], capture_factory=camera) as rt:
+        rt.start()
+        deadline = time.monotonic() + 60
+        while rt.stats().index.count < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        moments = rt.search("#C C opens the red box", k=2)
+        answer = rt.ask("what did C open?", ["the red box", "the blue cup"])
+    assert len(moments) == 2 and answer.answer in ("the red box", "the blue cup") and answer.evidence
+    assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
+    print("OK")
+    """
+)
+
+
+def test_sdk_streams_searches_and_answers_without_torch(fast_package: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _SDK_SCRIPT, str(fast_package), str(tmp_path / "ix")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ),
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "OK", result.stderr[-3000:]

@@ -10,6 +10,8 @@ the scene-aware negatives of EgoVLPv2 (same video, same 60-s bucket; reference Â
     <out>/egomcq.json                  EgoMCQ from val + test videos, inter (1) and intra (2)
     <out>/verbs.csv, nouns.csv         the taxonomy
     <out>/actions.jsonl                per-action facts for later QA / NLQ splits
+    <out>/qa.json                      QA over windows of 2-3 consecutive actions (``data/qa.py``)
+    <out>/nlq_{train,val,test}.json    natural-language queries, Ego4D NLQ format (``data/nlq.py``)
     <out>/meta.json                    config, splits (video uids + clip_idx), counts, generator version
 
 Everything is a function of ``SynthConfig.seed``: the same seed gives identical files and frames.
@@ -33,7 +35,7 @@ import numpy as np
 from egovlpv2_edge.training.data._mcq import build_egomcq
 from egovlpv2_edge.training.data._plan import PlannedAction, VideoPlan, make_scene, next_state, plan_video
 from egovlpv2_edge.training.data._render import make_look, read_watermark, render_frames
-from egovlpv2_edge.training.data.egoclip import ClipRecord, write_egoclip, write_egomcq
+from egovlpv2_edge.training.data.egoclip import ClipRecord, read_egoclip, write_egoclip, write_egomcq
 from egovlpv2_edge.training.data.taxonomy import ORDER_PAIRS, compatible, noun_by_key, verb_by_key, write_taxonomy
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "parse_holdout",
     "read_watermark",
     "render_clip",
+    "write_task_files",
 ]
 
 logger = logging.getLogger(__name__)
@@ -288,6 +291,7 @@ def generate_dataset(out_dir: str | Path, config: SynthConfig | None = None,
             "chunk_seconds": cfg.chunk_seconds, "holdout_pairs": list(cfg.holdout_pairs), "counts": counts,
             "splits": splits, "config": asdict(cfg), "mcq_from": ["val", "test"]}  # fmt: skip
     (root / "meta.json").write_text(json.dumps(meta, indent=1))
+    write_task_files(root)
     size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     summary = SynthSummary(out_dir=root, videos=len(videos), clips=len(records), duration_s=counts["duration_s"],
                            frames=counts["frames"], seconds=time.perf_counter() - t0, bytes=size,
@@ -332,3 +336,46 @@ def render_clip(verb: str, noun: str, seed: int = 0, size: int = 128, fps: float
     plan = VideoPlan(scenes=[scene], actions=[act], duration=duration)
     look = make_look(np.random.default_rng([seed, 4243]), size, duration, head_motion=not still, steady=still)
     return np.stack(list(render_frames(plan, look, size, fps)))
+
+
+def write_task_files(root: str | Path) -> dict[str, int]:
+    """Derive the QA and NLQ splits of a generated dataset from ``actions.jsonl`` and ``meta.json``.
+
+    Nothing is rendered: questions and queries are windows of the existing videos, so this also upgrades a
+    dataset generated before these splits existed. Deterministic in the dataset's seed; the other files are
+    untouched.
+
+    Args:
+        root: Dataset folder.
+
+    Returns:
+        Counts: ``qa_<split>`` questions and ``nlq_<split>`` queries.
+
+    Raises:
+        FileNotFoundError: If ``actions.jsonl`` or ``meta.json`` is missing.
+    """
+    from egovlpv2_edge.training.data.nlq import build_nlq
+    from egovlpv2_edge.training.data.qa import build_qa, write_qa
+
+    root = Path(root)
+    for name in ("actions.jsonl", "meta.json"):
+        if not (root / name).is_file():
+            raise FileNotFoundError(f"{root / name} does not exist; generate the dataset with 'egovlp data synth'")
+    meta = json.loads((root / "meta.json").read_text())
+    by_video: dict[str, list[dict]] = {}
+    for line in (root / "actions.jsonl").read_text().splitlines():
+        if line.strip():
+            a = json.loads(line)
+            by_video.setdefault(a["video_uid"], []).append(a)
+    videos = list(by_video.values())
+    split_of = {uid: name for name in ("train", "val", "test") for uid in meta["splits"][name]["video_uids"]}
+    durations = {r.video_uid: r.video_dur for r in read_egoclip(root / "egoclip.csv")}
+    seed = int(meta["seed"])
+    items = build_qa(videos, split_of, seed)
+    write_qa(root / "qa.json", items)
+    counts = {f"qa_{s}": sum(q.split == s for q in items) for s in ("train", "val", "test")}
+    for split, doc in build_nlq(videos, durations, split_of, float(meta["fps"]), seed).items():
+        (root / f"nlq_{split}.json").write_text(json.dumps(doc, indent=1))
+        n = sum(len(a["language_queries"]) for v in doc["videos"] for c in v["clips"] for a in c["annotations"])
+        counts[f"nlq_{split}"] = n
+    return counts

@@ -1,0 +1,80 @@
+"""Latency and drift of every graph in FP32, NNCF INT8, ORT dynamic INT8 (variants), ORT static and FP16.
+
+Exports a preset (random init, or ``--checkpoint``), builds an FP32 package, calibrates on real decoded clips
+(``--data``, default ``outputs/demo/data`` from ``egovlp demo``; a folder of videos works too), then times each
+variant side by side with FP32 in ONNX Runtime CPU (same threads, batch 1 and 8) and measures its drift on
+held-out clips/texts. Prints one table; ``--json`` also writes the numbers.
+
+    python benchmarks/bench_quantize.py --preset egovlpv2_edge --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_METHODS = ["nncf", "nncf_sym", "nncf_noattn", "ort_dynamic", "ort_dynamic_pc", "ort_dynamic_mm", "fp16"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns the exit status."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="egovlpv2_edge")
+    p.add_argument("--checkpoint", type=Path, default=None)
+    p.add_argument("--data", type=Path, default=Path("outputs/demo/data"), help="EgoClip folder or video folder")
+    p.add_argument("--tokenizer", type=Path, default=Path("outputs/demo/teacher/tokenizer.json"))
+    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
+    p.add_argument("--graphs", nargs="+", default=None)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-clips", type=int, default=24)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    for name in ("nncf", "onnxruntime", "root"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+    from egovlpv2_edge import create_model
+    from egovlpv2_edge.compress._cli_quantize import table
+    from egovlpv2_edge.compress.export import export_all
+    from egovlpv2_edge.compress.quantize import quantize_package
+    from egovlpv2_edge.graphs import GRAPH_NAMES
+    from egovlpv2_edge.package import Preprocessing, build_package
+
+    start = time.perf_counter()
+    model = create_model(args.preset, pretrained=None if args.checkpoint is None else str(args.checkpoint))
+    with tempfile.TemporaryDirectory(prefix="bench-quantize-") as tmp:
+        root = Path(tmp)
+        export_all(model, root / "graphs", validate=False)
+        pkg = build_package(
+            root / "fp32",
+            config=model.cfg,
+            graphs={g: {"fp32": root / "graphs" / f"{g}.onnx"} for g in GRAPH_NAMES},
+            selected={g: ("fp32", "export") for g in GRAPH_NAMES},
+            tokenizer=args.tokenizer,
+            preprocessing=Preprocessing.from_config(model.cfg, clip_seconds=2.0, stride_seconds=1.0),
+            archive=False,
+        )
+        print(f"exported {args.preset} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        report = quantize_package(
+            pkg, args.data, root / "q", methods=args.methods, graphs=args.graphs, threads=args.threads,
+            max_clips=args.max_clips, keep="selected", progress=lambda g: print(f"... {g}", file=sys.stderr),
+        )  # fmt: skip
+    print(f"preset {args.preset} ({'random init' if args.checkpoint is None else args.checkpoint}); "
+          f"{report.measured_on}; calibration {report.calibration} ({args.max_clips} clips, 1/4 held out)")  # fmt: skip
+    print(table(report))
+    for name, c in report.choices.items():
+        print(f"{name}: {c.selected} ({c.reason})")
+    print(f"total {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    if args.json:
+        data = {n: [r.to_dict() for r in c.candidates] for n, c in report.choices.items()}
+        args.json.write_text(json.dumps({"measured_on": report.measured_on, "graphs": data}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,379 @@
+"""Distillation: each loss by hand, layer maps and projections, init from the teacher, the task on a fixed batch,
+task-head hooks, and runs (outputs, a loadable student, exact resume, the CLI)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from egovlpv2_edge import create_model
+from egovlpv2_edge.checkpoint import save_checkpoint
+from egovlpv2_edge.compress._cli_distill import main as distill_main
+from egovlpv2_edge.compress.distill import (
+    DistillConfig,
+    DistillError,
+    DistillLossConfig,
+    DistillTask,
+    HiddenProjections,
+    affinity_kl,
+    build_optimizer_for,
+    carried_entries,
+    distill,
+    fused_layer_outputs,
+    hidden_mse,
+    init_from_teacher,
+    logit_kl,
+    proportional_map,
+    save_student,
+)
+from egovlpv2_edge.model import EgoVLPv2
+from egovlpv2_edge.model.egovlpv2 import FusionOutput
+from egovlpv2_edge.runconfig import resolve
+from egovlpv2_edge.training.data.cli import main as data_main
+from egovlpv2_edge.training.text import load_or_train_tokenizer
+
+STUDENT = {"video": {"width": 16, "heads": 2}}  # the tiny preset with a narrower video encoder
+SPECIAL, MASK_ID = {0, 1, 2}, 3
+
+
+def _student() -> EgoVLPv2:
+    return create_model("egovlpv2_test", **STUDENT).train()
+
+
+def _batch(n: int = 4, seed: int = 0) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, 600, (n, 12), generator=g)
+    ids[:, 0], ids[:, 9], ids[:, 10:] = 0, 2, 1  # start, end, padding
+    mask = (ids != 1).long()
+    return {"video": torch.randn(n, 2, 3, 32, 32, generator=g), "input_ids": ids, "attention_mask": mask,
+            "verb": torch.eye(n), "noun": torch.eye(n)}  # fmt: skip
+
+
+def _run(task: DistillTask, b: dict[str, Any], step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    ids, mask = b["input_ids"], b["attention_mask"]
+    return task(b["video"], ids, mask, ids, mask, b["verb"], b["noun"], torch.tensor(step))
+
+
+# ----- losses by hand -----------------------------------------------------------------------------------------------
+
+
+def _kl(p: list[float], q: list[float]) -> float:
+    return sum(a * math.log(a / b) for a, b in zip(p, q, strict=True))
+
+
+def test_affinity_kl_zero_for_equal_and_hand_value() -> None:
+    sim = torch.randn(5, 5)
+    assert affinity_kl(sim, sim.clone(), 0.05).item() == pytest.approx(0.0, abs=1e-6)
+    teacher = torch.tensor([[1.0, 0.0], [0.0, 0.5]])
+    student = torch.zeros(2, 2)
+    p = math.e / (1 + math.e)
+    e5 = math.exp(0.5)
+    # text rows: softmax([1, 0]), softmax([0, .5]); video rows (columns): softmax([1, 0]), softmax([0, .5]); all vs 1/2
+    row = [_kl([p, 1 - p], [0.5, 0.5]), _kl([1 / (1 + e5), e5 / (1 + e5)], [0.5, 0.5])]
+    expected = sum(row) / 2 + sum(row) / 2
+    assert affinity_kl(student, teacher, 1.0).item() == pytest.approx(expected, rel=1e-6)
+    # the temperature divides the similarities: t = 0.5 doubles them
+    e2 = math.e**2
+    doubled = [_kl([e2 / (1 + e2), 1 / (1 + e2)], [0.5, 0.5]), _kl([1 / (1 + math.e), p], [0.5, 0.5])]
+    assert affinity_kl(student, teacher, 0.5).item() == pytest.approx(sum(doubled), rel=1e-6)
+
+
+def test_affinity_kl_is_asymmetric_in_directions() -> None:
+    teacher = torch.tensor([[2.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 0.0, 2.0]])  # two texts prefer video 0
+    student = torch.zeros(3, 3)
+    t2v = sum(_kl(torch.softmax(r, 0).tolist(), [1 / 3] * 3) for r in teacher) / 3
+    v2t = sum(_kl(torch.softmax(r, 0).tolist(), [1 / 3] * 3) for r in teacher.T) / 3
+    assert t2v != pytest.approx(v2t)
+    assert affinity_kl(student, teacher, 1.0).item() == pytest.approx(t2v + v2t, rel=1e-6)
+
+
+def test_logit_kl_hand_value_and_temperature_scaling() -> None:
+    logits = torch.randn(6, 2)
+    assert logit_kl(logits, logits.clone(), 2.0).item() == pytest.approx(0.0, abs=1e-6)
+    student, teacher = torch.zeros(2, 2), torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    p = math.e / (1 + math.e)  # softmax([2, 0] / 2)
+    # t^2 * KL per row; row 2 agrees; mean over rows
+    assert logit_kl(student, teacher, 2.0).item() == pytest.approx(4 * _kl([p, 1 - p], [0.5, 0.5]) / 2, rel=1e-6)
+    assert logit_kl(student, teacher, 2.0, "sum").item() == pytest.approx(4 * _kl([p, 1 - p], [0.5, 0.5]), rel=1e-6)
+    with pytest.raises(ValueError, match="logit shapes differ"):
+        logit_kl(torch.zeros(2, 3), torch.zeros(2, 2), 1.0)
+
+
+def test_hidden_mse_masks_padding_and_projects() -> None:
+    student = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])  # (1, 2, 2)
+    teacher = torch.tensor([[[1.0, 0.0], [9.0, 9.0]]])
+    err, n = hidden_mse(student, teacher, nn.Identity(), torch.tensor([[1, 0]]))
+    assert (err.item(), n) == (4.0, 2)  # only token 0: (1-1)^2 + (2-0)^2
+    proj = nn.Linear(2, 3, bias=False)
+    with torch.no_grad():
+        proj.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+    err, n = hidden_mse(student, torch.zeros(1, 2, 3), proj)
+    assert n == 6 and err.item() == pytest.approx(1 + 4 + 9 + 9 + 16 + 49)
+
+
+# ----- layer maps, projections, fused states -----------------------------------------------------------------------
+
+
+def test_proportional_map() -> None:
+    assert proportional_map(2, 3) == [1, 2]  # edge student (2 fused) over the small teacher (3 fused)
+    assert proportional_map(6, 6) == list(range(6))
+    assert proportional_map(4, 6) == [1, 2, 4, 5]
+    assert proportional_map(1, 3) == [2]
+    assert proportional_map(3, 2) == [0, 1, 1]
+    with pytest.raises(DistillError, match="at least one layer"):
+        proportional_map(0, 3)
+
+
+def test_hidden_projection_shapes_for_the_edge_pair() -> None:
+    from egovlpv2_edge.config import get_config
+
+    proj = HiddenProjections(get_config("egovlpv2_edge"), get_config("egovlpv2_small"))
+    assert proj.layer_map == [1, 2]
+    assert [tuple(p.weight.shape) for p in proj.video] == [(192, 96), (192, 96)]  # (teacher, student) widths
+    assert all(isinstance(p, nn.Identity) for p in proj.text)  # both MiniLM: width 384
+    out = proj.video[0](torch.zeros(2, 65, 96))
+    assert out.shape == (2, 65, 192)
+
+
+def test_fused_layer_outputs_end_at_fuse_upper() -> None:
+    model = create_model("egovlpv2_test", fusion={"num_layers": 2})
+    for g in model.gates():
+        nn.init.constant_(g, 0.5)
+    b = _batch()
+    v = model.video_lower(b["video"], "fusion")
+    t = model.text_lower(b["input_ids"], b["attention_mask"])
+    videos, texts = fused_layer_outputs(model, v, t, b["attention_mask"])
+    ref_v, ref_t = model.fuse_upper(v, t, b["attention_mask"])
+    assert len(videos) == len(texts) == 2
+    torch.testing.assert_close(videos[-1], ref_v)
+    torch.testing.assert_close(texts[-1], ref_t)
+
+
+# ----- init from the teacher ----------------------------------------------------------------------------------------
+
+
+def test_init_from_teacher_copies_exactly_the_matching_tensors() -> None:
+    teacher, student = create_model("egovlpv2_test"), _student()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    report = init_from_teacher(student, teacher)
+    t_sd, s_sd = teacher.state_dict(), student.state_dict()
+    copied = dict(report.copied)
+    assert copied, report.summary()
+    for key, src in copied.items():
+        assert torch.equal(s_sd[key], t_sd[src]), key
+    for key, reason in report.skipped:
+        assert torch.equal(s_sd[key], before[key]), (key, reason)
+    assert set(copied) | {k for k, _ in report.skipped} == set(s_sd)
+    # the text encoder (same width) is copied, except the cross-attention reading video tokens of another width
+    assert "text.layers.1.q.weight" in copied and "text.embeddings.word.weight" in copied
+    assert not any(".cross." in k for k in copied)
+    assert "text.layers.1.cross.q.weight" in {k for k, _ in report.skipped}  # fits alone, but not its branch
+    assert not any(k.startswith("video.") for k in copied)
+
+
+def test_init_from_teacher_on_the_edge_presets_copies_the_minilm_text_encoder() -> None:
+    teacher, student = create_model("egovlpv2_small"), create_model("egovlpv2_edge")
+    report = init_from_teacher(student, teacher)
+    copied = dict(report.copied)
+    assert report.text_map == list(range(6)) and report.video_map == [1, 2, 4, 5]
+    text_keys = [k for k in student.state_dict() if k.startswith("text.") and ".cross." not in k]
+    assert set(text_keys) <= set(copied)  # every MiniLM tensor, layer i from layer i
+    assert copied["text.layers.3.fc1.weight"] == "text.layers.3.fc1.weight"
+    assert {"txt_proj.1.weight", "heads.mlm.decoder.weight", "heads.vtm.weight"} <= set(copied)
+    assert not any(k.startswith("video.") or ".cross." in k for k in copied)
+
+
+# ----- the task on a fixed batch ------------------------------------------------------------------------------------
+
+
+def test_student_equal_to_teacher_has_zero_distillation_loss() -> None:
+    teacher = create_model("egovlpv2_test")
+    for g in teacher.gates():
+        nn.init.constant_(g, 0.3)
+    task = DistillTask(copy.deepcopy(teacher).train(), teacher, SPECIAL, MASK_ID, DistillLossConfig())
+    _, logs = _run(task, _batch())
+    for key in ("kd_affinity", "kd_vtm", "kd_mlm", "kd_hidden"):
+        assert logs[key].item() == pytest.approx(0.0, abs=1e-5), key
+    assert logs["egonce"] > 0 and logs["mlm"] > 0 and logs["vtm"] > 0
+
+
+def test_short_distillation_reduces_the_distillation_loss_on_a_fixed_batch() -> None:
+    teacher = create_model("egovlpv2_test")
+    for g in teacher.gates():
+        nn.init.constant_(g, 0.5)
+    with torch.no_grad():  # a confident VTM head, so its KL is not ~0 from the start (random heads output ~0)
+        teacher.heads.vtm.weight.mul_(100)
+    task = DistillTask(_student(), teacher, SPECIAL, MASK_ID, DistillLossConfig(gt_weight=0.0))
+    opt = build_optimizer_for(task, resolve(DistillConfig, None, ["optim.lr=1e-3"]).optim)
+    b = _batch(seed=1)
+    history = []
+    for _ in range(25):
+        loss, logs = _run(task, b)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append({k: float(v) for k, v in logs.items()})
+    first, last = history[0], history[-1]
+    assert last["distill"] < 0.5 * first["distill"], (first, last)
+    for key in ("kd_affinity", "kd_vtm", "kd_mlm", "kd_hidden"):
+        assert last[key] < first[key], key
+    assert first["egonce"] == 0.0 and first["loss"] == pytest.approx(first["distill"])  # gt_weight=0
+
+
+def test_mlm_distillation_is_skipped_without_a_shared_vocabulary(caplog) -> None:
+    teacher = create_model("egovlpv2_test")
+    with caplog.at_level("WARNING"):
+        task = DistillTask(_student(), teacher, SPECIAL, MASK_ID, DistillLossConfig(), shared_vocab=False)
+    assert "MLM-logit distillation skipped" in caplog.text
+    b = _batch()
+    ids, mask = b["input_ids"], b["attention_mask"]
+    t_ids, t_mask = ids[:, :10].clone(), mask[:, :10].clone()  # another tokenisation: other length
+    _, logs = task(b["video"], ids, mask, t_ids, t_mask, b["verb"], b["noun"], torch.tensor(0))
+    assert logs["kd_mlm"].item() == 0.0 and logs["kd_hidden"] > 0 and logs["mlm"] > 0
+
+
+def test_mismatched_pair_is_a_typed_error() -> None:
+    with pytest.raises(DistillError, match="num_frames"):
+        DistillTask(create_model("egovlpv2_test", video={"num_frames": 4}), create_model("egovlpv2_test"), SPECIAL,
+                    MASK_ID, DistillLossConfig())  # fmt: skip
+
+
+# ----- task heads ---------------------------------------------------------------------------------------------------
+
+
+class ToyHook:
+    """A 3-way answer head over the fused video CLS, stored as ``toy_head`` (what a QA task would register)."""
+
+    def load(self, checkpoint: Mapping[str, Any], model: EgoVLPv2) -> nn.Module | None:
+        if "toy_head" not in checkpoint:
+            return None
+        head = nn.Linear(model.cfg.video.width, 3)
+        head.load_state_dict(checkpoint["toy_head"])
+        return head
+
+    def logits(self, head: nn.Module, fused: FusionOutput) -> torch.Tensor:
+        return head(fused.video_cls)
+
+    def save(self, head: nn.Module) -> dict[str, Any]:
+        return {"toy_head": head.state_dict()}
+
+
+def test_task_head_hook_distils_and_is_saved(tmp_path) -> None:
+    teacher, student = create_model("egovlpv2_test"), _student()
+    t_head, s_head = nn.Linear(32, 3), nn.Linear(16, 3)
+    t_ckpt = {"toy_head": t_head.state_dict(), "answer_vocabs": {"toy": ["yes", "no", "maybe"]}, "step": 7}
+    hook = ToyHook()
+    task = DistillTask(student, teacher, SPECIAL, MASK_ID, DistillLossConfig(gt_weight=0.0),
+                       teacher_heads={"toy": hook.load(t_ckpt, teacher)},
+                       student_heads={"toy": hook.load({"toy_head": s_head.state_dict()}, student)},
+                       hooks={"toy": hook})  # fmt: skip
+    loss, logs = _run(task, _batch())
+    assert logs["kd_heads"] > 0
+    loss.backward()
+    assert task.heads["toy"].weight.grad is not None and task.heads["toy"].weight.grad.abs().sum() > 0
+    assert "toy_head" not in carried_entries(t_ckpt)  # teacher-width weights never reach the student
+    path = save_student(task, tmp_path / "student.pt", t_ckpt, step=1)
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["answer_vocabs"] == {"toy": ["yes", "no", "maybe"]} and ckpt["step"] == 1
+    assert torch.equal(ckpt["toy_head"]["weight"], task.heads["toy"].weight.detach())
+    reloaded = create_model("egovlpv2_test", pretrained=str(path), **STUDENT)
+    assert torch.equal(reloaded.video.pos_embed, student.video.pos_embed.detach())
+
+
+# ----- runs ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict[str, Path]:
+    synth = tmp_path_factory.mktemp("synth")
+    args = ["synth", "--out", str(synth), "--videos", "6", "--min-actions", "8", "--max-actions", "10"]
+    assert data_main(args + ["--size", "48", "--chunk-seconds", "30", "--workers", "1"]) == 0
+    tdir = tmp_path_factory.mktemp("teacher")
+    teacher = create_model("egovlpv2_test")
+    for g in teacher.gates():
+        nn.init.constant_(g, 0.5)
+    tok = tdir / "tokenizer.json"
+    load_or_train_tokenizer(teacher.cfg.text, synth / "egoclip.csv", tok)
+    save_checkpoint(teacher, tdir / "teacher.pt", step=10, tokenizer=str(tok), answer_vocabs={"qa": ["a", "b"]})
+    return {"data": synth, "teacher": tdir / "teacher.pt"}
+
+
+def _common(setup: dict[str, Path]) -> list[str]:
+    return [f"teacher={setup['teacher']}", f"data={setup['data']}", "student_preset=egovlpv2_test",
+            f"model={json.dumps(STUDENT)}", "num_workers=0", "threads=1", "log_every=1", "batch_size=4",
+            "ckpt_every=100"]  # fmt: skip
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_writes_outputs_and_a_loadable_student(setup, tmp_path) -> None:
+    out = tmp_path / "run"
+    final = distill(resolve(DistillConfig, None, _common(setup) + [f"out={out}", "max_steps=2"]))
+    assert final == out / "student.pt"
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["config"]["student_preset"] == "egovlpv2_test" and "git_revision" in saved
+    assert (out / "curves.png").stat().st_size > 1000 and (out / "tokenizer.json").is_file()
+    rows = _metrics(out)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert {"loss", "distill", "egonce", "kd_affinity", "kd_vtm", "kd_mlm", "kd_hidden", "lr", "clips_per_s"} <= set(
+        rows[-1]
+    )
+    ckpt = torch.load(final, weights_only=True)
+    assert ckpt["answer_vocabs"] == {"qa": ["a", "b"]} and ckpt["step"] == 2
+    assert ckpt["distilled_from"] == str(setup["teacher"]) and ckpt["init_from_teacher"]["copied"]
+    model = create_model("egovlpv2_test", pretrained=str(final), **STUDENT)
+    assert torch.equal(model.video.pos_embed, ckpt["model"]["video.pos_embed"])
+
+
+def test_stop_and_resume_equals_uninterrupted(setup, tmp_path) -> None:
+    common = _common(setup) + ["max_steps=4"]
+    straight = tmp_path / "straight"
+    distill(resolve(DistillConfig, None, common + [f"out={straight}"]))
+    paused = tmp_path / "paused"
+    last = distill(resolve(DistillConfig, None, common + [f"out={paused}", "stop_at=2"]))
+    assert last.name == "last.pt" and not (paused / "student.pt").exists()
+    assert distill_main(["--teacher", str(setup["teacher"]), "--data", str(setup["data"]), "--out", str(paused),
+                         "--student-preset", "egovlpv2_test", *common[3:]]) == 0  # fmt: skip
+    sa = torch.load(straight / "student.pt", weights_only=True)["model"]
+    sb = torch.load(paused / "student.pt", weights_only=True)["model"]
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+    assert [r["step"] for r in _metrics(paused)] == [1, 2, 3, 4]
+    assert [r["distill"] for r in _metrics(paused)] == [r["distill"] for r in _metrics(straight)]
+
+
+def test_qa_head_of_finetuned_checkpoints_is_distilled_and_carried(setup, tmp_path) -> None:
+    from egovlpv2_edge.training.tasks.checkpoint import load_finetuned, save_finetuned
+    from egovlpv2_edge.training.tasks.heads import QAHead
+
+    tok = setup["teacher"].parent / "tokenizer.json"
+    vocab, teacher, student = {"answers": ["cup", "bowl", "knife"]}, create_model("egovlpv2_test"), _student()
+    t_path = save_finetuned(tmp_path / "t.pt", teacher, tok, "qa", "fusion", QAHead(32, 3), vocab, {}, {}, 5)
+    s_path = save_finetuned(tmp_path / "s.pt", student, tok, "qa", "fusion", QAHead(16, 3), vocab, {}, {}, 5)
+    out = tmp_path / "run"
+    common = [c for c in _common(setup) if not c.startswith("teacher=")]
+    final = distill(resolve(DistillConfig, None, common + [f"teacher={t_path}", f"student_init={s_path}",
+                                                           f"out={out}", "max_steps=2"]))  # fmt: skip
+    assert all(r["kd_heads"] > 0 for r in _metrics(out))
+    run = load_finetuned(final, expect="qa")
+    assert run.vocab == vocab and run.head is not None and run.head.in_dim == 16
+    assert run.model.cfg.video.width == 16
+
+
+def test_cli_reports_bad_input(setup, tmp_path, capsys) -> None:
+    args = ["--data", str(setup["data"]), "--out", str(tmp_path / "o")]
+    assert distill_main(["--teacher", str(tmp_path / "missing.pt"), *args]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert distill_main(["--teacher", str(setup["teacher"]), *args, "batch_sise=4"]) == 2
+    assert "unknown key" in capsys.readouterr().err

@@ -1,0 +1,47 @@
+"""Build a real model package of the tiny ``egovlpv2_test`` preset (needs torch; tests and benchmarks only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SENTENCES = [f"#C C {v} the {c} {n}" for v in ("picks up", "puts down", "opens", "wipes") for c in ("red", "blue")
+             for n in ("cup", "box", "bowl")]  # fmt: skip
+
+
+def export_test_graphs(root: Path) -> tuple[object, object]:
+    """Export the five graphs of a tiny model with non-zero gates and train a small tokenizer under ``root``.
+
+    Returns:
+        The PyTorch model and the tokenizer (``root/graphs/<graph>.onnx``, ``root/tokenizer.json``).
+    """
+    import torch
+
+    from egovlpv2_edge import create_model
+    from egovlpv2_edge.compress.export import export_all
+    from egovlpv2_edge.tokenizer import Tokenizer
+
+    model = create_model("egovlpv2_test")
+    with torch.no_grad():
+        for i, gate in enumerate(model.gates()):
+            gate.fill_(0.5 + i)
+    export_all(model, root / "graphs")
+    tok = Tokenizer.train_bpe(SENTENCES * 4, vocab_size=400, max_length=model.cfg.text.max_length)
+    tok.save(root / "tokenizer.json")
+    return model, tok
+
+
+def build_test_package(root: Path, out: Path, *, clip_seconds: float = 2.0, stride_seconds: float = 1.0) -> Path:
+    """Package the graphs :func:`export_test_graphs` wrote under ``root`` with the given clip window."""
+    from egovlpv2_edge.config import get_config
+    from egovlpv2_edge.graphs import GRAPH_NAMES
+    from egovlpv2_edge.package import Preprocessing, build_package
+
+    cfg = get_config("egovlpv2_test")
+    return build_package(
+        out,
+        config=cfg,
+        graphs={g: {"fp32": root / "graphs" / f"{g}.onnx"} for g in GRAPH_NAMES},
+        selected={g: ("fp32", "test") for g in GRAPH_NAMES},
+        tokenizer=root / "tokenizer.json",
+        preprocessing=Preprocessing.from_config(cfg, clip_seconds=clip_seconds, stride_seconds=stride_seconds),
+    )

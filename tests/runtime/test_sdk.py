@@ -1,0 +1,163 @@
+"""The SDK and CLI: a file streamed into an index, search and ask, reopening, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import egovlpv2_edge
+from egovlpv2_edge.cli import main as egovlp
+from egovlpv2_edge.package import PackageError
+from egovlpv2_edge.runtime.encoder import QueryError
+from egovlpv2_edge.runtime.index import ClipIndex
+from egovlpv2_edge.runtime.sdk import Answer, Moment, NoQAHeadError, NotReadyError, PackageMismatchError
+from egovlpv2_edge.runtime.sources import SourceOpenError
+from egovlpv2_edge.runtime.testing import FakeCameraFactory, FakeCapture
+
+QUERY = "#C C opens the red box"
+CHOICES = ["the red box", "the blue cup", "the red bowl"]
+
+
+@pytest.fixture(scope="module")
+def streamed(package: Path, video_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An index of ``video_file`` (6 s at 10 fps: five 2 s clips every 1 s)."""
+    index = tmp_path_factory.mktemp("streamed") / "ix"
+    got = []
+    with egovlpv2_edge.open(package, video_file, index, on_clip=got.append) as rt:
+        rt.start()
+        assert rt.wait(60)
+        stats = rt.stats()
+    assert stats.stream.ended and stats.stream.error is None
+    assert [(c.start, c.end) for c in got] == [(0.0, 2.0), (1.0, 3.0), (2.0, 4.0), (3.0, 5.0), (4.0, 6.0)]
+    assert stats.stream.frames_in == 60 and stats.stream.clips_indexed == 5
+    return index
+
+
+def test_search_returns_moments_on_the_file_clock(package: Path, streamed: Path) -> None:
+    with egovlpv2_edge.open(package, index=streamed) as rt:
+        moments = rt.search(QUERY, k=3)
+        assert len(moments) == 3 and all(isinstance(m, Moment) for m in moments)
+        assert [m.score for m in moments] == sorted((m.score for m in moments), reverse=True)
+        thumb = cv2.imdecode(np.frombuffer(moments[0].thumbnail, np.uint8), cv2.IMREAD_COLOR)
+        assert thumb.shape == (48, 64, 3)
+        late = rt.search(QUERY, k=10, since=4.5)  # clips ending at or after 4.5 s
+        assert sorted((m.start, m.end) for m in late) == [(3.0, 5.0), (4.0, 6.0)]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            moments[0].score = 1.0  # type: ignore[misc]
+
+
+def test_ask_scores_choices_with_the_fused_layers(package: Path, streamed: Path) -> None:
+    with egovlpv2_edge.open(package, index=streamed) as rt:
+        answer = rt.ask("what did C open?", CHOICES, k=3)
+        assert isinstance(answer, Answer) and answer.answer in CHOICES
+        assert answer.scores[0][0] == answer.answer and answer.confidence == pytest.approx(answer.scores[0][1])
+        assert sum(p for _, p in answer.scores) == pytest.approx(1.0)
+        assert len(answer.evidence) == 3 and all(0 <= m.score <= 1 for m in answer.evidence)
+        recent = rt.ask("what did C open?", CHOICES, k=5, window=1.5)  # clips ending in the last 1.5 s
+        assert sorted(m.start for m in recent.evidence) == [3.0, 4.0]
+        # the gate switch needs no reload: search (gates off) after ask (gates on) uses the same sessions
+        sessions = dict(rt.encoder.sessions)
+        assert rt.search(QUERY, k=1) and rt.encoder.sessions == sessions
+        assert {"search", "ask"} <= set(rt.stats().latency)
+
+
+def test_ask_uses_a_qa_head_when_the_package_has_one(package: Path, streamed: Path) -> None:
+    with egovlpv2_edge.open(package, index=streamed) as rt:
+        spec = rt.encoder.specs["fused_upper"]
+        qa = dataclasses.replace(spec.outputs[0], name="qa_logits", shape=("batch", 3))
+        rt.encoder.specs = {**rt.encoder.specs, "fused_upper": dataclasses.replace(spec, outputs=(*spec.outputs, qa))}
+        rt.package.manifest = dataclasses.replace(rt.package.manifest, answer_vocabs={"qa": ("cup", "box", "bowl")})
+
+        def with_head(tokens: np.ndarray, text: str) -> dict[str, np.ndarray]:  # what a graph with a QA head gives
+            B = tokens.shape[0]
+            return {"vtm_logits": np.zeros((B, 2), np.float32), "qa_logits": np.tile([0.0, 3.0, 1.0], (B, 1))}
+
+        rt.encoder.fused = with_head
+        answer = rt.ask("what did C open?")
+    assert answer.answer == "box" and answer.confidence == pytest.approx(np.exp(3) / (1 + np.exp(3) + np.exp(1)))
+    assert [c for c, _ in answer.scores] == ["box", "bowl", "cup"]
+
+
+def test_query_errors_name_the_problem(package: Path, streamed: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with egovlpv2_edge.open(package, index=streamed) as rt:
+        for bad in ("", "   "):
+            with pytest.raises(QueryError, match="non-empty"):
+                rt.search(bad)
+        with pytest.raises(QueryError, match="1,000,000 characters; the limit is 2,000"):
+            rt.search("a" * 1_000_000)
+        with pytest.raises(QueryError, match="at least two choices"):
+            rt.ask("what did C open?", ["the red box"])
+        with pytest.raises(QueryError, match="list of answers"):
+            rt.ask("what did C open?", "the red box")  # type: ignore[arg-type]
+        with pytest.raises(NoQAHeadError, match="no QA head.*pass choices"):
+            rt.ask("what did C open?")
+        with pytest.raises(ValueError, match="window must be a positive"):
+            rt.ask("what did C open?", CHOICES, window=0)
+        with caplog.at_level(logging.WARNING):
+            assert rt.search(" ".join(["C opens the red box"] * 10), k=1)  # over-long in tokens: truncated
+        assert "truncated" in caplog.text
+
+
+def test_question_before_any_clip_is_a_clear_error(package: Path, tmp_path: Path) -> None:
+    with egovlpv2_edge.open(package, 0, tmp_path / "ix", capture_factory=FakeCameraFactory()) as rt:
+        assert rt.search(QUERY) == []
+        with pytest.raises(NotReadyError, match="no clip is indexed yet"):
+            rt.ask("what did C open?", CHOICES)
+
+
+def test_unopenable_sources_are_named(package: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope.mp4"):
+        egovlpv2_edge.open(package, tmp_path / "nope.mp4", tmp_path / "ix")
+    absent = lambda target, api: FakeCapture([0], frames=0, opened=False)  # noqa: E731 - a camera that is not there
+    with pytest.raises(SourceOpenError, match="could not open device source '3'.*v4l2-ctl"):
+        egovlpv2_edge.open(package, 3, tmp_path / "ix", capture_factory=absent)
+    ClipIndex.open(tmp_path / "ix", 24).close()  # a failed open leaves the index unlocked
+
+
+def test_bad_packages_and_indexes_are_named(package: Path, streamed: Path, tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(package, corrupt)
+    graph = next((corrupt / "graphs").glob("video_upper*.onnx"))
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    with pytest.raises(PackageError, match="video_upper"):
+        egovlpv2_edge.open(corrupt, index=streamed)
+    with pytest.raises(FileNotFoundError, match="egovlp run"):
+        egovlpv2_edge.open(package, index=tmp_path / "missing")
+    ClipIndex.open(tmp_path / "dim8", 8).close()
+    with pytest.raises(PackageMismatchError, match="dim=8"):
+        egovlpv2_edge.open(package, index=tmp_path / "dim8")
+    other = tmp_path / "other"
+    shutil.copytree(streamed, other)
+    stored = json.loads((other / "package.json").read_text())
+    stored["graphs"]["video_lower"] = "0" * 64
+    (other / "package.json").write_text(json.dumps(stored | {"name": "someone_else"}))
+    with pytest.raises(PackageMismatchError, match="written by package 'someone_else'.*another directory"):
+        egovlpv2_edge.open(package, index=other)
+
+
+def test_cli_run_search_ask_stats(package: Path, video_file: Path, tmp_path: Path, capsys) -> None:
+    index = str(tmp_path / "ix")
+    common = ["--package", str(package), "--index", index]
+    assert egovlp(["run", *common, "--source", str(video_file)]) == 0
+    out = capsys.readouterr()
+    assert "indexed 5 clips (0 dropped) from 60 frames" in out.out and "clips 5" in out.err
+    assert egovlp(["search", *common, QUERY, "-k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["rank", "start"] and len(lines) == 3
+    assert egovlp(["ask", *common, "what did C open?", "--choice", "the red box", "--choice", "the cup"]) == 0
+    assert capsys.readouterr().out.startswith("answer: the ")
+    assert egovlp(["stats", *common]) == 0
+    assert "5 clips" in capsys.readouterr().out
+    assert egovlp(["ask", *common, "what did C open?"]) == 2
+    assert "pass choices" in capsys.readouterr().err
+    assert egovlp(["search", "--package", str(tmp_path / "nopkg"), "--index", index, QUERY]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -1,0 +1,110 @@
+"""``egovlp train finetune`` and ``egovlp eval --task`` end to end on the tiny preset and a tiny dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from egovlpv2_edge import create_model
+from egovlpv2_edge.checkpoint import load_checkpoint, save_checkpoint
+from egovlpv2_edge.training.cli import main as train_main
+from egovlpv2_edge.training.data.qa import read_qa
+from egovlpv2_edge.training.eval_cli import main as eval_main
+from egovlpv2_edge.training.tasks.checkpoint import TaskCheckpointError, load_finetuned
+from egovlpv2_edge.training.text import load_or_train_tokenizer
+
+COMMON = ["preset=egovlpv2_test", "batch_size=4", "num_workers=0", "threads=1", "log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(small_data, tmp_path_factory) -> Path:
+    """A stand-in pre-trained checkpoint (tiny preset) with its tokenizer.json beside it."""
+    out = tmp_path_factory.mktemp("teacher")
+    model = create_model("egovlpv2_test")
+    load_or_train_tokenizer(model.cfg.text, small_data / "egoclip.csv", out / "tokenizer.json")
+    save_checkpoint(model, out / "teacher.pt", step=0)
+    return out / "teacher.pt"
+
+
+def _finetune(task: str, data: Path, out: Path, init: Path, *extra: str) -> Path:
+    args = ["finetune", "--task", task, "--init", str(init), f"data={data}", f"out={out}", *COMMON, *extra]
+    assert train_main(args) == 0
+    return out / "finetuned.pt"
+
+
+def test_qa_finetune_run_outputs_and_checkpoint_vocab(small_data, pretrained, tmp_path, capsys) -> None:
+    out = tmp_path / "qa"
+    ckpt = _finetune("qa", small_data, out, pretrained, "max_steps=3")
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["config"]["task"] == "qa" and saved["config"]["init"] == str(pretrained) and "git_revision" in saved
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and {"loss", "qa", "mc", "lr"} <= set(rows[0])
+    assert (out / "curves.png").stat().st_size > 1000
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)  # plain data: no pickled objects
+    answers = list(read_qa(small_data / "qa.json").answer_set)
+    assert raw["task"]["name"] == "qa" and raw["task"]["vocab"]["answers"] == answers
+    assert raw["task"]["head_config"] == {"kind": "qa", "in_dim": 32, "num_answers": len(answers), "dropout": 0.2}
+    assert raw["tokenizer_json"]
+    run = load_finetuned(ckpt, expect="qa")
+    assert run.mode == "fusion" and run.head is not None
+    assert run.head(torch.randn(2, 32)).shape == (2, len(answers))
+    assert not load_checkpoint(create_model("egovlpv2_test"), ckpt).missing  # the backbone loads as before
+    with pytest.raises(TaskCheckpointError, match="is a 'qa' checkpoint, not 'nlq'"):
+        load_finetuned(ckpt, expect="nlq")
+    capsys.readouterr()
+    res = tmp_path / "qa.json"
+    argv = ["--task", "qa", "--checkpoint", str(ckpt), "--data", str(small_data), "--probe-epochs", "2",
+            "--shuffle-frames", "--json", str(res)]  # fmt: skip
+    assert eval_main(argv) == 0
+    text = capsys.readouterr().out
+    for row in ("model (fusion head)", "model, shuffled frames", "answer prior (per type)",
+                "same head on dual features", "multiple choice: VTM score", "multiple choice: chance"):  # fmt: skip
+        assert row in text
+    table = json.loads(res.read_text())["rows"]
+    n_choices = [len(q.choices) for q in read_qa(small_data / "qa.json").split("test")]
+    chance = 100 * sum(1 / n for n in n_choices) / len(n_choices)  # count questions have four choices, others five
+    assert table["multiple choice: chance"]["all"] == pytest.approx(chance)
+    assert 0 <= table["model (fusion head)"]["all"] <= 100
+
+
+def test_retrieval_finetune_and_eval_against_zero_shot(small_data, pretrained, tmp_path, capsys) -> None:
+    ckpt = _finetune("retrieval", small_data, tmp_path / "ret", pretrained, "max_steps=2")
+    assert load_finetuned(ckpt).task == "retrieval"
+    capsys.readouterr()
+    assert eval_main(["--task", "retrieval", "--checkpoint", str(ckpt), "--data", str(small_data)]) == 0
+    text = capsys.readouterr().out
+    assert "fine-tuned (dual)" in text and "pre-trained, zero-shot" in text and "random scores" in text
+    assert "mAP t2v" in text and "nDCG v2t" in text
+
+
+def test_nlq_finetune_trains_only_the_head_and_evaluates(small_data, pretrained, tmp_path, capsys) -> None:
+    ckpt = _finetune("nlq", small_data, tmp_path / "nlq", pretrained, "max_steps=3", "nlq.hidden=16")
+    before = torch.load(pretrained, weights_only=True)["model"]
+    after = torch.load(ckpt, weights_only=True)
+    assert all(torch.equal(before[k], after["model"][k]) for k in before)  # frozen backbone
+    assert after["task"]["head_config"]["kind"] == "span" and after["task"]["params"]["window_s"] == 2.0
+    capsys.readouterr()
+    assert eval_main(["--task", "nlq", "--checkpoint", str(ckpt), "--data", str(small_data), "--split", "val"]) == 0
+    text = capsys.readouterr().out
+    assert "R@1 IoU=0.3" in text and "R@5 IoU=0.5" in text and "fixed" in text
+
+
+def test_zeroshot_and_egomcq_evals(small_data, pretrained, capsys) -> None:
+    assert eval_main(["--task", "zeroshot", "--checkpoint", str(pretrained), "--data", str(small_data)]) == 0
+    text = capsys.readouterr().out
+    assert "model (dual, class prompts)" in text and "chance (random scores)" in text
+    assert eval_main(["--task", "zeroshot", "--checkpoint", str(pretrained), "--data", str(small_data),
+                      "--classes", "verb"]) == 0  # fmt: skip
+    # the existing EgoMCQ command keeps working
+    assert eval_main(["egomcq", "--checkpoint", str(pretrained), "--data", str(small_data), "--limit", "2"]) == 0
+    assert "EgoMCQ" in capsys.readouterr().out
+
+
+def test_finetune_cli_errors_are_clear(small_data, tmp_path, capsys) -> None:
+    assert train_main(["finetune", "--task", "qa", "--init", str(tmp_path / "none.pt"), f"data={small_data}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert train_main(["finetune", "--task", "qa", "bogus_key=1"]) == 2
+    assert "unknown key(s) ['bogus_key']" in capsys.readouterr().err

@@ -1,0 +1,122 @@
+"""Task modules on the tiny preset: shapes, hand-worked losses and decoding, losses that fall on an overfit batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from egovlpv2_edge import create_model
+from egovlpv2_edge.training.tasks.heads import QAHead, SpanHead, build_head
+from egovlpv2_edge.training.tasks.nlq import decode_spans, fixed_window_baseline, span_loss, span_targets
+from egovlpv2_edge.training.tasks.qa import QATask, dual_features
+from egovlpv2_edge.training.tasks.retrieval import RetrievalTask, multi_instance_margin_loss, relevancy_from_tags
+
+
+def _model() -> torch.nn.Module:
+    return create_model("egovlpv2_test").train()
+
+
+def _batch(B: int = 4, L: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    video = torch.randn(B, 2, 3, 32, 32)  # (B, F, 3, H, W) of the test preset
+    ids = torch.randint(5, 500, (B, L))
+    ids[:, 0] = 0
+    mask = torch.ones(B, L, dtype=torch.long)
+    mask[1, 5:] = 0
+    return video, ids, mask
+
+
+def _fit(module: torch.nn.Module, loss_fn, steps: int = 30, lr: float = 3e-3) -> tuple[float, float]:  # noqa: ANN001
+    """Train on one fixed batch; returns the first loss and the mean of the last five."""
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr)
+    history = []
+    for _ in range(steps):
+        loss = loss_fn()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(float(loss.detach()))
+    return history[0], float(np.mean(history[-5:]))
+
+
+def test_qa_head_shape_and_rebuild() -> None:
+    head = QAHead(32, 7)
+    assert head(torch.randn(3, 32)).shape == (3, 7)
+    again = build_head(head.config())
+    again.load_state_dict(head.state_dict())
+    assert isinstance(again, QAHead) and again.num_answers == 7
+    with pytest.raises(ValueError, match="unknown head kind"):
+        build_head({"kind": "mystery"})
+
+
+def test_qa_task_fusion_and_dual_shapes() -> None:
+    model = _model()
+    video, ids, mask = _batch()
+    fused = QATask(model, [f"a{i}" for i in range(6)], "fusion")
+    assert fused.features(video, ids, mask).shape == (4, model.cfg.video.width)
+    assert fused.logits(video, ids, mask).shape == (4, 6)
+    dual = QATask(model, [f"a{i}" for i in range(6)], "dual")
+    assert dual_features(model, video, ids, mask).shape == (4, model.cfg.video.width + model.cfg.text.width)
+    assert dual.logits(video, ids, mask).shape == (4, 6)
+    with pytest.raises(ValueError, match="valid: fusion, dual"):
+        QATask(model, ["a", "b"], "late")  # type: ignore[arg-type]
+
+
+def test_qa_loss_falls_on_an_overfit_batch() -> None:
+    task = QATask(_model(), [f"a{i}" for i in range(16)], "fusion", dropout=0.0)
+    video, ids, mask = _batch()
+    answer = torch.tensor([0, 3, 5, 1])
+    mc_ids = torch.cat([ids, ids.flip(0)])  # "question + right choice" rows, then "question + wrong choice" rows
+    mc_mask = torch.cat([mask, mask.flip(0)])
+    _, logs0 = task(video, ids, mask, answer, mc_ids, mc_mask)
+    first, last = _fit(task, lambda: task(video, ids, mask, answer, mc_ids, mc_mask)[0], steps=20)
+    _, logs = task(video, ids, mask, answer, mc_ids, mc_mask)
+    assert set(logs) == {"qa", "mc", "acc", "loss"}
+    assert last < first and float(logs["qa"]) < 0.6 * float(logs0["qa"])
+
+
+def test_margin_loss_by_hand() -> None:
+    sim = torch.tensor([[0.5, 0.4], [0.0, 0.9]])
+    # texts->clips: anchor 0 violates by 0.2 - (0.5 - 0.4) = 0.1, the other three pairs keep the margin
+    assert float(multi_instance_margin_loss(sim, torch.eye(2), 0.2)) == pytest.approx(0.1 / 4)
+    # an equally relevant other item is another instance of the action: not pushed away
+    assert float(multi_instance_margin_loss(sim, torch.ones(2, 2), 0.2)) == 0.0
+    verb = torch.tensor([[1, 0], [1, 0]])
+    noun = torch.tensor([[1, 1], [1, 0]])
+    assert torch.allclose(relevancy_from_tags(verb, noun), torch.tensor([[1.0, 0.75], [0.75, 1.0]]))
+
+
+def test_retrieval_loss_falls_on_an_overfit_batch() -> None:
+    task = RetrievalTask(_model(), margin=0.2)
+    video, ids, mask = _batch()
+    verb = torch.eye(4, dtype=torch.long)
+    noun = torch.eye(4, dtype=torch.long)
+    first, last = _fit(task, lambda: task(video, ids, mask, verb, noun)[0])
+    assert first > 0 and last < 0.6 * first
+
+
+def test_span_head_shapes_targets_and_overfit() -> None:
+    head = SpanHead(32, hidden=32, layers=1, heads=2)
+    x = torch.randn(2, 10, 32)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 7:] = False
+    start, end = head(x, mask)
+    assert start.shape == end.shape == (2, 10) and bool((start[1, 7:] < -1e3).all())
+    s, e = torch.tensor([2, 5]), torch.tensor([3, 6])
+    first, last = _fit(head, lambda: span_loss(*head(x, mask), s, e), steps=40)
+    assert last < 0.3 * first
+    assert span_targets((4.5, 7.9), 5, 2.0) == (2, 3)
+    assert span_targets((4.0, 8.0), 5, 2.0) == (2, 3)
+    assert span_targets((9.5, 9.5), 5, 2.0) == (4, 4)
+
+
+def test_decode_spans_and_fixed_windows_by_hand() -> None:
+    start = torch.full((5,), -10.0)
+    end = torch.full((5,), -10.0)
+    start[2], end[3] = 10.0, 10.0
+    spans = decode_spans(start, end, window_s=2.0, duration=9.0, k=3)
+    assert spans[0].tolist() == [4.0, 8.0] and len(spans) == 3
+    # the top spans do not overlap by more than the NMS threshold
+    assert spans[1].tolist() != spans[0].tolist()
+    base = fixed_window_baseline(10.0, 2.0, k=3)
+    assert np.allclose(base, [[4.0, 6.0], [2 / 3, 8 / 3], [22 / 3, 28 / 3]])

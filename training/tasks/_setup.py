@@ -1,0 +1,168 @@
+"""Per-task pieces of the fine-tuning loop: dataset, collate, one training step, head and vocabularies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from egovlpv2_edge.model import EgoVLPv2
+from egovlpv2_edge.tokenizer import Tokenizer
+from egovlpv2_edge.training.tasks.finetune import FinetuneConfig, TaskSetup
+
+
+def ensure_task_files(root: Path, name: str) -> Path:
+    """``root/name``; derived from ``actions.jsonl`` first when a synthetic dataset predates the task splits."""
+    path = root / name
+    if not path.is_file() and (root / "actions.jsonl").is_file():
+        from egovlpv2_edge.training.data.synth import write_task_files
+
+        write_task_files(root)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; generate the dataset with 'egovlp data synth'")
+    return path
+
+
+def read_meta(root: Path) -> dict:
+    """``meta.json`` of a dataset, or ``{}``."""
+    path = root / "meta.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _tokens(tok: Tokenizer, texts: list[str], length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    b = tok.encode(texts, max_length=length)
+    return torch.from_numpy(b.input_ids).to(device), torch.from_numpy(b.attention_mask).to(device)
+
+
+def _qa(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, device: torch.device) -> TaskSetup:
+    from egovlpv2_edge.training.data.qa import QADataset, collate_qa, read_qa
+    from egovlpv2_edge.training.tasks.qa import QATask, qa_text_length
+
+    root = Path(cfg.data)
+    qa = read_qa(ensure_task_files(root, "qa.json"))
+    v = model.cfg.video
+    data = QADataset(qa, root / "videos", "train", v.num_frames, v.img_size, "train", read_meta(root), cfg.seed)
+    task = QATask(model, qa.answer_set, cfg.qa.mode, cfg.qa.dropout, cfg.qa.mc_weight).to(device)
+    length = qa_text_length(model, cfg.qa.text_length)
+
+    def step(batch: dict[str, Any], i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        ids, mask = _tokens(tok, batch["question"], length, device)
+        mc_ids = mc_mask = None
+        if task.mode == "fusion" and task.mc_weight > 0:
+            rng = np.random.default_rng([cfg.seed, i, 31])
+            right, wrong = [], []
+            for q, ch, a in zip(batch["question"], batch["choices"], batch["answer_choice"].tolist(), strict=True):
+                others = [c for k, c in enumerate(ch) if k != a] or ["nothing"]
+                right.append(f"{q} {ch[a]}" if ch else q)
+                wrong.append(f"{q} {others[int(rng.integers(len(others)))]}")
+            mc_ids, mc_mask = _tokens(tok, right + wrong, length, device)
+        return task(batch["video"].to(device), ids, mask, batch["answer"].to(device), mc_ids, mc_mask)
+
+    params = {"text_length": length, "types": sorted({q.type for q in qa.items})}
+    return TaskSetup(task, data, collate_qa, step, {"answers": list(qa.answer_set)}, params, task.head, cfg.qa.mode)
+
+
+def _retrieval(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, device: torch.device) -> TaskSetup:
+    from egovlpv2_edge.training.data.dataset import EgoClipDataset, collate
+    from egovlpv2_edge.training.tasks.retrieval import RetrievalTask
+
+    root = Path(cfg.data)
+    v = model.cfg.video
+    data = EgoClipDataset(root / "egoclip.csv", root / "videos", v.num_frames, v.img_size, split="train",
+                          mode="train", seed=cfg.seed)  # fmt: skip
+    task = RetrievalTask(model, cfg.retrieval.margin).to(device)
+    length = model.cfg.text.max_length
+
+    def step(batch: dict[str, Any], i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        ids, mask = _tokens(tok, batch["text"], length, device)
+        return task(batch["video"].to(device), ids, mask, batch["verb"].to(device), batch["noun"].to(device))
+
+    return TaskSetup(task, data, collate, step, {}, {"margin": cfg.retrieval.margin}, None, "dual")
+
+
+class _FeatureSet(Dataset):
+    """Cached per-query NLQ features (frozen backbone)."""
+
+    def __init__(self, items: list) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.items[i]
+
+
+def collate_spans(items: list, window_s: float) -> dict[str, torch.Tensor]:
+    """Pad per-query features ``(N_i, D)`` to ``(B, N, D)`` with a validity mask and start/end targets."""
+    from egovlpv2_edge.training.tasks.nlq import span_targets
+
+    n = max(it.features.shape[0] for it in items)
+    D = items[0].features.shape[1]
+    feats = torch.zeros(len(items), n, D)
+    mask = torch.zeros(len(items), n, dtype=torch.bool)
+    s, e = [], []
+    for k, it in enumerate(items):
+        m = it.features.shape[0]
+        feats[k, :m], mask[k, :m] = it.features, True
+        a, b = span_targets(it.gt, m, window_s)
+        s.append(a)
+        e.append(b)
+    return {"features": feats, "mask": mask, "start": torch.tensor(s), "end": torch.tensor(e)}
+
+
+class NLQHeadTask(nn.Module):
+    """Frozen model + trainable span head."""
+
+    def __init__(self, model: EgoVLPv2, hidden: int, layers: int, heads: int) -> None:
+        super().__init__()
+        from egovlpv2_edge.training.tasks.heads import SpanHead
+
+        self.model = model
+        self.head = SpanHead(model.cfg.video.width, hidden, layers, heads)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Span loss of a padded batch."""
+        from egovlpv2_edge.training.tasks.nlq import span_loss
+
+        start, end = self.head(batch["features"], batch["mask"])
+        loss = span_loss(start, end, batch["start"], batch["end"])
+        hit = ((start.argmax(-1) == batch["start"]) & (end.argmax(-1) == batch["end"])).float().mean()
+        return loss, {"loss": loss.detach(), "span": loss.detach(), "exact": hit.detach()}
+
+
+def _nlq(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, device: torch.device) -> TaskSetup:
+    from egovlpv2_edge.training.data.nlq import read_nlq
+    from egovlpv2_edge.training.data.video import ChunkedVideoStore
+    from egovlpv2_edge.training.tasks.nlq import extract_features
+
+    root = Path(cfg.data)
+    meta = read_meta(root)
+    clips = read_nlq(ensure_task_files(root, "nlq_train.json"))
+    store = ChunkedVideoStore(root / "videos", float(meta.get("chunk_seconds", 600.0)), meta.get("fps"))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    feats = extract_features(model, tok, store, clips, cfg.nlq.window_s, cfg.nlq.max_queries)
+    task = NLQHeadTask(model, cfg.nlq.hidden, cfg.nlq.layers, cfg.nlq.heads).to(device)
+    task.head.train()
+
+    def step(batch: dict[str, torch.Tensor], i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return task({k: v.to(device) for k, v in batch.items()})
+
+    def collate(items: list) -> dict[str, torch.Tensor]:
+        return collate_spans(items, cfg.nlq.window_s)
+
+    lengths = [f.gt[1] - f.gt[0] for f in feats]
+    params = {"window_s": cfg.nlq.window_s, "mean_train_span_s": float(np.mean(lengths)) if lengths else 0.0}
+    return TaskSetup(task, _FeatureSet(feats), collate, step, {}, params, task.head, "fusion")
+
+
+def build(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, device: torch.device) -> TaskSetup:
+    """The task's setup for :func:`~egovlpv2_edge.training.tasks.finetune.finetune`."""
+    return {"qa": _qa, "retrieval": _retrieval, "nlq": _nlq}[cfg.task](cfg, model, tok, device)

@@ -1,0 +1,135 @@
+"""Fine-tuned checkpoints: the backbone, the task head and its label vocabularies in one file.
+
+Layout (this project's checkpoint format, so ``egovlpv2_edge.checkpoint.load_checkpoint`` still loads the
+backbone)::
+
+    {"format": "egovlpv2_edge/1", "config": <model config>, "model": <backbone state dict>,
+     "tokenizer_json": <the tokenizer.json text>, "step": int, "run_config": {...},
+     "task": {"name": "qa" | "retrieval" | "nlq", "mode": "fusion" | "dual",
+              "head": <head state dict> | None, "head_config": {...} | None,
+              "vocab": {"answers": [...], ...}, "params": {...}}}
+
+Everything besides tensors is plain lists, dicts, strings and numbers, so ``torch.load(weights_only=True)``
+reads it and compression and the runtime need no side files.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from egovlpv2_edge.checkpoint import load_checkpoint, save_checkpoint
+from egovlpv2_edge.config import ModelConfig
+from egovlpv2_edge.model import EgoVLPv2
+from egovlpv2_edge.tokenizer import Tokenizer
+from egovlpv2_edge.training.tasks.heads import build_head
+
+__all__ = ["FinetunedRun", "TaskCheckpointError", "load_backbone", "load_finetuned", "save_finetuned"]
+
+
+class TaskCheckpointError(ValueError):
+    """A checkpoint is not what a task needs (no config, no tokenizer, no task head, another task)."""
+
+
+@dataclass
+class FinetunedRun:
+    """A loaded fine-tuned checkpoint."""
+
+    model: EgoVLPv2
+    tokenizer: Tokenizer
+    task: str
+    mode: str
+    head: nn.Module | None
+    vocab: dict[str, list[str]] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    run_config: dict[str, Any] = field(default_factory=dict)
+
+
+def _read(path: str | Path) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"checkpoint {file} does not exist; train one with `egovlp train pretrain|finetune`")
+    ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "config" not in ckpt:
+        raise TaskCheckpointError(f"{file} carries no model config; it is not an egovlpv2_edge checkpoint")
+    return ckpt
+
+
+def _tokenizer(ckpt: dict[str, Any], path: Path, max_length: int, tokenizer: str | Path | None) -> Tokenizer:
+    if tokenizer is not None:
+        return Tokenizer.from_file(tokenizer, max_length=max_length)
+    if ckpt.get("tokenizer_json"):
+        with tempfile.TemporaryDirectory() as tmp:
+            file = Path(tmp) / "tokenizer.json"
+            file.write_text(ckpt["tokenizer_json"])
+            return Tokenizer.from_file(file, max_length=max_length)
+    beside = path.parent / "tokenizer.json"
+    if not beside.is_file():
+        raise TaskCheckpointError(f"{path} embeds no tokenizer and there is no {beside}; pass a tokenizer.json")
+    return Tokenizer.from_file(beside, max_length=max_length)
+
+
+def load_backbone(path: str | Path, tokenizer: str | Path | None = None) -> tuple[EgoVLPv2, Tokenizer]:
+    """A model (eval mode) and its tokenizer from a pre-trained or fine-tuned checkpoint.
+
+    The tokenizer is ``tokenizer`` when given, else the one embedded in the checkpoint, else ``tokenizer.json``
+    beside it.
+    """
+    path = Path(path)
+    ckpt = _read(path)
+    model = EgoVLPv2(ModelConfig.from_dict(ckpt["config"]))
+    load_checkpoint(model, path)
+    return model.eval(), _tokenizer(ckpt, path, model.cfg.text.max_length, tokenizer)
+
+
+def save_finetuned(path: str | Path, model: EgoVLPv2, tokenizer_file: str | Path, task: str, mode: str,
+                   head: nn.Module | None, vocab: dict[str, list[str]], params: dict[str, Any],
+                   run_config: dict[str, Any], step: int) -> Path:  # fmt: skip
+    """Write a self-contained fine-tuned checkpoint (atomically: a temporary file renamed into place)."""
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    payload = {
+        "name": task,
+        "mode": mode,
+        "head": head.state_dict() if head is not None else None,
+        "head_config": head.config() if head is not None else None,  # type: ignore[operator]
+        "vocab": {k: list(v) for k, v in vocab.items()},
+        "params": params,
+    }
+    save_checkpoint(model, tmp, task=payload, tokenizer_json=Path(tokenizer_file).read_text(), step=step,
+                    run_config=run_config)  # fmt: skip
+    tmp.replace(path)
+    return path
+
+
+def load_finetuned(path: str | Path, expect: str | None = None, tokenizer: str | Path | None = None) -> FinetunedRun:
+    """Load a fine-tuned checkpoint with its head and vocabularies.
+
+    Args:
+        path: The checkpoint.
+        expect: Task name it must carry (``qa``, ``retrieval``, ``nlq``), or None for any.
+        tokenizer: Optional tokenizer.json overriding the embedded one.
+
+    Raises:
+        TaskCheckpointError: If it carries no task, or another one than ``expect``.
+    """
+    path = Path(path)
+    ckpt = _read(path)
+    task = ckpt.get("task")
+    if not isinstance(task, dict):
+        raise TaskCheckpointError(f"{path} carries no task head; fine-tune it with `egovlp train finetune --task ...`")
+    if expect is not None and task["name"] != expect:
+        raise TaskCheckpointError(f"{path} is a {task['name']!r} checkpoint, not {expect!r}")
+    model, tok = load_backbone(path, tokenizer)
+    head = None
+    if task.get("head_config"):
+        head = build_head(task["head_config"])
+        head.load_state_dict(task["head"])
+        head.eval()
+    return FinetunedRun(model, tok, task["name"], task.get("mode", ""), head, task.get("vocab", {}),
+                        task.get("params", {}), ckpt.get("run_config", {}))  # fmt: skip

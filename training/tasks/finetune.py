@@ -1,0 +1,259 @@
+"""``egovlp train finetune --task qa|retrieval|nlq``: task fine-tuning from a pre-trained checkpoint.
+
+One loop for the three tasks, shaped like the pre-training trainer: seeded global batches
+(:class:`~egovlpv2_edge.training.trainer.GlobalBatchSampler`), AdamW with the reference's parameter groups plus
+the task head at the head rate, cosine schedule with warmup, a progress bar and a step log, per-step metrics
+in ``metrics.jsonl`` with a PNG of the curves, and the resolved config saved with the run. The final
+checkpoint (``<out>/finetuned.pt``) carries the task head and its vocabularies (see ``tasks/checkpoint.py``).
+
+* ``qa``: end to end, fusion (or ``qa.mode=dual`` for the unfused baseline), CE over the answer set plus the
+  multiple-choice VTM loss;
+* ``retrieval``: end to end, dual, multi-instance max-margin ranking with verb/noun relevancy;
+* ``nlq``: frozen backbone, fusion features per window computed once, only the span head trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from egovlpv2_edge import create_model
+from egovlpv2_edge.runconfig import save_resolved
+from egovlpv2_edge.tokenizer import Tokenizer
+from egovlpv2_edge.training.optim import cosine_schedule, param_groups
+from egovlpv2_edge.training.tasks.checkpoint import load_backbone, save_finetuned
+from egovlpv2_edge.training.trainer import GlobalBatchSampler, OptimConfig
+
+log = logging.getLogger(__name__)
+TASKS = ("qa", "retrieval", "nlq")
+
+
+@dataclass(frozen=True)
+class QAConfig:
+    """QA fine-tuning (reference: EgoTaskQA, question length 30, head dropout 0.2)."""
+
+    mode: str = "fusion"  # fusion (the paper) | dual (the unfused baseline: same head on [video; text])
+    mc_weight: float = 1.0  # weight of the multiple-choice VTM loss (right vs one wrong choice); 0 = off
+    dropout: float = 0.2  # head dropout
+    text_length: int = 30  # question tokens (capped by the text encoder's positions)
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """Retrieval fine-tuning (reference: EK-100 MIR, margin 0.2)."""
+
+    margin: float = 0.2  # ranking margin of a pair with relevancy 0
+
+
+@dataclass(frozen=True)
+class NLQConfig:
+    """Grounding head training on frozen fusion features (reference: EgoNLQ, head lr 1e-3)."""
+
+    window_s: float = 2.0  # seconds per feature window (F frames each)
+    hidden: int = 128  # span head width
+    layers: int = 1  # span head Transformer layers
+    heads: int = 2  # span head attention heads
+    lr: float = 1e-3  # head learning rate (the backbone is frozen)
+    max_queries: int = 0  # cap on training queries (0 = all)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Everything one fine-tuning run needs; saved resolved beside the run."""
+
+    task: str = "qa"  # qa | retrieval | nlq
+    data: str = "data/synth"  # dataset root (qa.json / egoclip.csv / nlq_train.json, videos/, meta.json)
+    out: str = "runs/finetune"  # run directory
+    init: str = ""  # pre-trained checkpoint (teacher.pt; tokenizer embedded or beside it); "" = fresh preset
+    preset: str = "egovlpv2_small"  # model preset when init is empty
+    model: dict[str, Any] = field(default_factory=dict)  # preset overrides when init is empty
+    batch_size: int = 8
+    epochs: int = 1
+    max_steps: int = 0  # length of the run in steps (0 = all epochs)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    qa: QAConfig = field(default_factory=QAConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    nlq: NLQConfig = field(default_factory=NLQConfig)
+    amp: str = "off"  # off | bf16 | fp16 (fp16 needs CUDA)
+    num_workers: int = 1
+    threads: int = 0  # torch intra-op threads (0 = default)
+    seed: int = 0
+    log_every: int = 10
+    device: str = "auto"
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _autocast(amp: str, device: torch.device) -> Any:
+    if amp == "off":
+        return torch.autocast(device.type, enabled=False)
+    if amp not in ("bf16", "fp16"):
+        raise ValueError(f"amp={amp!r}; valid: off, bf16, fp16")
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("amp=fp16 needs CUDA; use amp=bf16 on CPU")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def _backbone(cfg: FinetuneConfig, out: Path) -> tuple[nn.Module, Tokenizer]:
+    """The starting model and tokenizer; the tokenizer is saved as ``out/tokenizer.json``."""
+    if cfg.init:
+        model, tok = load_backbone(cfg.init)
+        tok.save(out / "tokenizer.json")
+        return model, tok
+    from egovlpv2_edge.training.text import load_or_train_tokenizer
+
+    log.warning("no init= checkpoint: fine-tuning a freshly initialised %s (pass init=<teacher.pt>)", cfg.preset)
+    model = create_model(cfg.preset, **cfg.model)
+    tok = load_or_train_tokenizer(model.cfg.text, Path(cfg.data) / "egoclip.csv", out / "tokenizer.json")
+    return model, tok
+
+
+def _optimizer(cfg: FinetuneConfig, task: nn.Module) -> torch.optim.AdamW:
+    """Reference groups for the backbone (frozen for NLQ) plus the task head at the head rate."""
+    o = cfg.optim
+    head = [p for p in getattr(task, "head", nn.Module()).parameters() if p.requires_grad]
+    if cfg.task == "nlq":
+        return torch.optim.AdamW(head, lr=cfg.nlq.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    groups = param_groups(task.model, o.lr, o.head_lr_mult, o.weight_decay, o.video_lr_mult, o.gate_lr_mult)
+    if head:
+        decay = [p for p in head if p.ndim >= 2]
+        groups += [{"params": decay, "lr": o.lr * o.head_lr_mult, "weight_decay": o.weight_decay, "name": "task_decay"},
+                   {"params": [p for p in head if p.ndim < 2], "lr": o.lr * o.head_lr_mult, "weight_decay": 0.0,
+                    "name": "task_no_decay"}]  # fmt: skip
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+
+
+@dataclass
+class TaskSetup:
+    """What one task contributes to the loop."""
+
+    task: nn.Module
+    data: Any  # a Dataset (len, getitem, optional set_epoch)
+    collate: Callable[[list], Any]
+    step: Callable[[Any, int], tuple[torch.Tensor, dict[str, torch.Tensor]]]  # (batch, step) -> loss, logs
+    vocab: dict[str, list[str]]
+    params: dict[str, Any]
+    head: nn.Module | None
+    mode: str
+
+
+def finetune(cfg: FinetuneConfig) -> Path:
+    """Run fine-tuning; returns the final checkpoint ``<out>/finetuned.pt``."""
+    if cfg.task not in TASKS:
+        raise ValueError(f"task={cfg.task!r}; valid: {', '.join(TASKS)}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    device = _device(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, tok = _backbone(cfg, out)
+    model = model.to(device).train()
+    from egovlpv2_edge.training.tasks import _setup
+
+    setup = _setup.build(cfg, model, tok, device)
+    opt = _optimizer(cfg, setup.task)
+    steps_per_epoch = len(setup.data) // cfg.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"{len(setup.data)} training items, fewer than one batch of {cfg.batch_size}")
+    total = cfg.max_steps or steps_per_epoch * cfg.epochs
+    sched = cosine_schedule(opt, total, cfg.optim.warmup)
+    save_resolved(cfg, out)
+    log.info("fine-tuning %s (%s): %d items, %d steps (%d per epoch), batch %d", cfg.task, setup.mode,
+             len(setup.data), total, steps_per_epoch, cfg.batch_size)  # fmt: skip
+    history = _loop(cfg, setup, opt, sched, total, steps_per_epoch, out, device)
+    final = save_finetuned(out / "finetuned.pt", model, out / "tokenizer.json", cfg.task, setup.mode, setup.head,
+                           setup.vocab, setup.params, dataclasses.asdict(cfg), len(history))  # fmt: skip
+    _plot(history, out / "curves.png", cfg.task)
+    log.info("wrote %s and %s", final, out / "curves.png")
+    return final
+
+
+def _loop(cfg: FinetuneConfig, setup: TaskSetup, opt: Any, sched: Any, total: int, spe: int, out: Path,
+          device: torch.device) -> list[dict[str, float]]:  # fmt: skip
+    from tqdm import tqdm
+
+    sampler = GlobalBatchSampler(len(setup.data), cfg.batch_size, 0, 1, cfg.seed)
+    metrics = out / "metrics.jsonl"
+    metrics.write_text("")
+    history: list[dict[str, float]] = []
+    bar = tqdm(total=total, desc=f"finetune {cfg.task}", dynamic_ncols=True)
+    step, t_last, seen = 0, time.perf_counter(), 0
+    params = [p for g in opt.param_groups for p in g["params"]]
+    base_lr = cfg.nlq.lr if cfg.task == "nlq" else cfg.optim.lr  # logged: the backbone rate (head rate for NLQ)
+    while step < total:
+        epoch = step // spe
+        sampler.set_epoch(epoch, step % spe)
+        if hasattr(setup.data, "set_epoch"):
+            setup.data.set_epoch(epoch)
+        workers = cfg.num_workers if cfg.task != "nlq" else 0  # NLQ items are cached tensors
+        loader = DataLoader(setup.data, batch_sampler=sampler, collate_fn=setup.collate, num_workers=workers)
+        for batch in loader:
+            with _autocast(cfg.amp, device):
+                loss, logs = setup.step(batch, step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+            opt.step()
+            sched.step()
+            step += 1
+            seen += cfg.batch_size
+            factor = sched.get_last_lr()[0] / opt.param_groups[0]["initial_lr"]
+            row = {k: float(v) for k, v in logs.items()} | {"step": step, "lr": base_lr * factor}
+            if step % cfg.log_every == 0 or step == total:
+                now = time.perf_counter()
+                row["items_per_s"] = seen / (now - t_last)
+                t_last, seen = now, 0
+                parts = " ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "loss")
+                log.info("step %d/%d loss %.4f (%s) lr %.2e %.1f items/s", step, total, row["loss"], parts,
+                         row["lr"], row["items_per_s"])  # fmt: skip
+            history.append(row)
+            with metrics.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.3f}")
+            if step >= total:
+                break
+    bar.close()
+    return history
+
+
+def _plot(history: list[dict[str, float]], path: Path, task: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    steps = [r["step"] for r in history]
+    keys = [k for k in history[0] if k not in ("step", "lr", "items_per_s")]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for key in keys:
+        axes[0].plot(steps, [r.get(key, np.nan) for r in history], label=key)
+    axes[0].set_xlabel("step")
+    axes[0].set_title(f"{task} fine-tuning")
+    axes[0].legend()
+    axes[1].plot(steps, [r["lr"] for r in history])
+    axes[1].set_xlabel("step")
+    axes[1].set_title("learning rate (backbone; head for NLQ)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+

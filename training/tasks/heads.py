@@ -1,0 +1,111 @@
+"""Task heads that sit on EgoVLPv2 features (reference §3, downstream usage).
+
+* :class:`QAHead` is the EgoTaskQA head: ``Linear(D, |A|) -> ReLU -> Dropout(0.2) -> Linear(|A|, |A|)`` over the
+  fused video CLS, cross-entropy over the answer vocabulary.
+* :class:`SpanHead` is a small grounding head in the spirit of VSLNet (the reference's EgoNLQ head, shrunk for
+  CPU): per-window fused features ``(B, N, D)`` -> projection + sinusoidal positions -> a Transformer encoder
+  -> start and end logits per window.
+
+Each head is rebuilt from the ``config()`` dict stored in fine-tuned checkpoints (:func:`build_head`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from egovlpv2_edge.model.layers import init_weights
+
+__all__ = ["QAHead", "SpanHead", "build_head"]
+
+
+class QAHead(nn.Module):
+    """Answer classifier ``Linear(D, A) -> ReLU -> Dropout -> Linear(A, A)``.
+
+    Args:
+        in_dim: Feature width D (the fused video CLS width; video + text widths for the dual baseline).
+        num_answers: Size A of the answer vocabulary.
+        dropout: Dropout between the layers (reference 0.2).
+    """
+
+    def __init__(self, in_dim: int, num_answers: int, dropout: float = 0.2) -> None:
+        super().__init__()
+        if num_answers < 2:
+            raise ValueError(f"num_answers={num_answers}; a QA head needs at least 2 answers")
+        self.in_dim, self.num_answers, self.dropout = in_dim, num_answers, dropout
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, num_answers), nn.ReLU(), nn.Dropout(dropout), nn.Linear(num_answers, num_answers)
+        )
+        self.apply(init_weights)
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments, saved with the checkpoint."""
+        return {"kind": "qa", "in_dim": self.in_dim, "num_answers": self.num_answers, "dropout": self.dropout}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Features ``(B, D)`` to answer logits ``(B, A)``."""
+        return self.net(x)
+
+
+def sinusoid(n: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
+    """Sinusoidal position table ``(n, dim)``."""
+    pos = torch.arange(n, device=device, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(n, dim, device=device)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
+    return table
+
+
+class SpanHead(nn.Module):
+    """Start/end logits over a sequence of per-window features.
+
+    Args:
+        in_dim: Feature width D.
+        hidden: Width inside the head.
+        layers: Transformer encoder layers.
+        heads: Attention heads.
+        dropout: Dropout inside the encoder.
+    """
+
+    def __init__(self, in_dim: int, hidden: int = 128, layers: int = 1, heads: int = 2, dropout: float = 0.1) -> None:
+        super().__init__()
+        if hidden % heads or hidden % 2:
+            raise ValueError(f"hidden={hidden} must be even and divisible by heads={heads}")
+        self.args = {"in_dim": in_dim, "hidden": hidden, "layers": layers, "heads": heads, "dropout": dropout}
+        self.proj = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden))
+        layer = nn.TransformerEncoderLayer(hidden, heads, 2 * hidden, dropout, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.out = nn.Linear(hidden, 2)
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments, saved with the checkpoint."""
+        return {"kind": "span", **self.args}
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features ``(B, N, D)`` and validity ``(B, N)`` (True = real window) to start and end logits ``(B, N)``.
+
+        Padded windows get a large negative logit, so a softmax over N never picks them.
+        """
+        B, N, _ = x.shape
+        h = self.proj(x) + sinusoid(N, self.args["hidden"], x.device)  # (B, N, H)
+        h = self.encoder(h, src_key_padding_mask=~mask)
+        logits = self.out(h).masked_fill(~mask[..., None], -1e4)  # (B, N, 2)
+        return logits[..., 0], logits[..., 1]
+
+
+def build_head(config: dict[str, Any]) -> nn.Module:
+    """Rebuild a head from its saved ``config()``.
+
+    Raises:
+        ValueError: On an unknown head kind.
+    """
+    args = {k: v for k, v in config.items() if k != "kind"}
+    if config.get("kind") == "qa":
+        return QAHead(**args)
+    if config.get("kind") == "span":
+        return SpanHead(**args)
+    raise ValueError(f"unknown head kind {config.get('kind')!r}; valid: qa, span")

@@ -1,0 +1,129 @@
+"""Video QA task (EgoTaskQA style, reference §3): question fused with the clip, answer head on the fused video CLS.
+
+``mode="fusion"`` (the paper) runs the question and the clip through the fused top layers and classifies the
+fusion-normed video CLS with :class:`~egovlpv2_edge.training.tasks.heads.QAHead`. ``mode="dual"`` is the
+unfused baseline: the same head on ``[video CLS; text feature]`` of the two independent encoders.
+
+Questions that come with choices can also be answered by VTM: each choice is appended to the question and
+fused with the clip; the choice with the highest ``softmax(VTM)[match]`` wins. Fine-tuning adds a VTM loss on
+the right choice against one wrong choice (``mc_weight``) so that scoring improves too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from egovlpv2_edge.model import EgoVLPv2
+from egovlpv2_edge.tokenizer import Tokenizer
+from egovlpv2_edge.training.tasks.heads import QAHead
+
+__all__ = ["QATask", "choice_texts", "dual_features", "qa_text_length"]
+
+Mode = Literal["fusion", "dual"]
+
+
+def qa_text_length(model: EgoVLPv2, wanted: int = 30) -> int:
+    """Question length: the reference's 30 tokens, capped by the text encoder's position table."""
+    cfg = model.cfg.text
+    reserved = cfg.pad_id + 1 if cfg.variant == "roberta" else 0  # RoBERTa positions start after the pad id
+    return max(4, min(wanted, cfg.max_positions - reserved))
+
+
+def dual_features(model: EgoVLPv2, video: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Unfused ``[video CLS; text feature]`` ``(B, Dv + Dt)``: the inputs of the dual baseline head."""
+    v = model.video.features(model.video_upper_tokens(model.video_lower(video, "dual")))  # (B, Dv)
+    h = model.text_upper_tokens(model.text_lower(ids, mask), mask)  # (B, L, Dt)
+    if model.cfg.text.pooling == "mean":
+        m = mask.unsqueeze(-1).to(h.dtype)
+        t = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+    else:
+        t = h[:, 0]
+    return torch.cat([v, t], dim=-1)
+
+
+def choice_texts(question: str, choices: Sequence[str]) -> list[str]:
+    """The texts VTM scores for multiple choice: the question followed by each choice."""
+    return [f"{question} {c}" for c in choices]
+
+
+class QATask(nn.Module):
+    """Model + QA head + losses.
+
+    Args:
+        model: The EgoVLPv2 model.
+        answer_set: The closed answer vocabulary (saved with the checkpoint).
+        mode: ``"fusion"`` or ``"dual"``.
+        dropout: Head dropout.
+        mc_weight: Weight of the multiple-choice VTM loss (fusion mode only; 0 = off).
+    """
+
+    def __init__(self, model: EgoVLPv2, answer_set: Sequence[str], mode: Mode = "fusion", dropout: float = 0.2,
+                 mc_weight: float = 1.0) -> None:  # fmt: skip
+        super().__init__()
+        if mode not in ("fusion", "dual"):
+            raise ValueError(f"mode={mode!r}; valid: fusion, dual")
+        self.model, self.mode, self.mc_weight = model, mode, mc_weight
+        self.answer_set = tuple(answer_set)
+        width = model.cfg.video.width + (model.cfg.text.width if mode == "dual" else 0)
+        self.head = QAHead(width, len(self.answer_set), dropout)
+
+    def features(self, video: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Head inputs ``(B, D)``: the fused video CLS, or the dual concatenation."""
+        if self.mode == "dual":
+            return dual_features(self.model, video, ids, mask)
+        return self.model.forward_fusion(video, ids, mask).video_cls  # (B, Dv), fusion-normed
+
+    def logits(self, video: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Answer logits ``(B, A)``."""
+        return self.head(self.features(video, ids, mask))
+
+    def forward(
+        self,
+        video: torch.Tensor,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        answer: torch.Tensor,
+        mc_ids: torch.Tensor | None = None,
+        mc_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of one batch.
+
+        Args:
+            video: Clips ``(B, F, 3, H, W)``.
+            ids: Question ids ``(B, L)``.
+            mask: Question mask ``(B, L)``.
+            answer: Answer indices ``(B,)``.
+            mc_ids: Optional ``(2B, L)`` ids of "question + right choice" (first B) and "question + a wrong
+                choice" (last B) for the VTM loss.
+            mc_mask: Their mask.
+
+        Returns:
+            The loss and its parts for logging (``qa``, ``mc``, ``acc``).
+        """
+        logits = self.logits(video, ids, mask)
+        qa = F.cross_entropy(logits, answer)
+        logs = {"qa": qa.detach(), "acc": (logits.argmax(-1) == answer).float().mean().detach()}
+        loss = qa
+        if self.mode == "fusion" and self.mc_weight > 0 and mc_ids is not None and mc_mask is not None:
+            B = video.shape[0]
+            vtm = self.model.forward_fusion(torch.cat([video, video]), mc_ids, mc_mask).vtm_logits  # (2B, 2)
+            labels = torch.cat([torch.ones(B), torch.zeros(B)]).long().to(video.device)
+            mc = F.cross_entropy(vtm, labels)
+            loss = loss + self.mc_weight * mc
+            logs["mc"] = mc.detach()
+        logs["loss"] = loss.detach()
+        return loss, logs
+
+    @torch.no_grad()
+    def vtm_choice_scores(self, video: torch.Tensor, question: str, choices: Sequence[str], tokenizer: Tokenizer,
+                          length: int) -> torch.Tensor:  # fmt: skip
+        """``softmax(VTM)[match]`` of each choice ``(K,)`` for one clip ``(F, 3, H, W)``."""
+        tok = tokenizer.encode(choice_texts(question, choices), max_length=length)
+        ids, mask = torch.from_numpy(tok.input_ids), torch.from_numpy(tok.attention_mask)
+        clips = video.unsqueeze(0).expand(len(choices), *video.shape)
+        return torch.softmax(self.model.forward_fusion(clips, ids, mask).vtm_logits, dim=-1)[:, 1]
