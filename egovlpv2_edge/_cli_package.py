@@ -60,7 +60,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def scan_graphs_dir(graphs_dir: Path) -> dict[str, dict[str, Path]]:
-    """Group ``<graph>.<precision>.onnx`` files by graph and precision.
+    """Group ``<graph>.<precision>.onnx`` files by graph and precision; a bare ``<graph>.onnx`` (what
+    ``egovlp compress export`` writes) counts as fp32.
 
     Args:
         graphs_dir: The folder to scan (not recursive).
@@ -76,9 +77,12 @@ def scan_graphs_dir(graphs_dir: Path) -> dict[str, dict[str, Path]]:
     graphs: dict[str, dict[str, Path]] = {}
     for path in sorted(graphs_dir.glob("*.onnx")):
         graph, _, precision = path.name.removesuffix(".onnx").rpartition(".")
+        if not graph and precision in GRAPH_NAMES:  # an export folder: <graph>.onnx is the fp32 graph
+            graph, precision = precision, "fp32"
         if graph not in GRAPH_NAMES or not precision:
             raise PackageError(
-                f"unexpected file {path.name!r} in {str(graphs_dir)!r}: names must be <graph>.<precision>.onnx with "
+                f"unexpected file {path.name!r} in {str(graphs_dir)!r}: names must be <graph>.<precision>.onnx "
+                "(or <graph>.onnx for fp32) with "
                 f"graph one of {', '.join(GRAPH_NAMES)}"
             )
         graphs.setdefault(graph, {})[precision] = path

@@ -1,10 +1,14 @@
-"""``egovlp demo``: the end-to-end pipeline on synthetic egocentric footage, stage by stage.
+"""``egovlp demo``: the main job end to end on synthetic egocentric footage, stage by stage.
 
-data -> teacher pre-training -> zero-shot evaluation -> ONNX export -> model package -> on-device index and
-queries through ONNX Runtime (gates off for search, on for re-ranking), then a report and pictures. Each stage
-writes its outputs under ``--out`` and is skipped when they exist, so a second run takes seconds.
+data -> teacher pre-training -> QA fine-tuning -> distillation into the edge student -> ONNX export (student and
+teacher) -> model packages -> quantization (per-graph precision by measurement) -> accuracy of every stage ->
+a generated multi-minute "day" of first-person video streamed through the runtime SDK -> searches and questions,
+then a report (``report.md``) and pictures. Each stage writes its outputs under ``--out`` and is skipped when its
+marker file exists, so a second run takes seconds; ``--stage NAME`` runs one stage again (and marks the stages
+after it stale). The schedules are flags; the report lists the ones used.
 
-The demo is the application layer: it imports training, compression and the runtime inside the stages.
+The demo is the application layer: it imports training, compression and the runtime inside the stages and calls
+their public entry points with arguments.
 """
 
 from __future__ import annotations
@@ -15,176 +19,194 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("egovlp.demo")
 
-QUERIES = (
-    "#C C picks up the red cup",
-    "#C C opens the blue box",
-    "#C C wipes the white bowl with a cloth",
-    "#C C pours water from the glass jar",
-)
-
 
 @dataclass
 class Demo:
-    """Settings and results of one demo run."""
+    """Settings (the schedules) of one demo run; every path is under ``out``."""
 
     out: Path
-    videos: int = 40
-    steps: int = 150
-    batch_size: int = 16
-    preset: str = "egovlpv2_small"
+    videos: int = 40  # synthetic videos rendered
+    preset: str = "egovlpv2_small"  # teacher preset
+    student_preset: str = "egovlpv2_edge"  # student preset
+    student_model: dict[str, Any] = field(default_factory=dict)  # overrides merged over the student preset
+    steps: int = 150  # teacher pre-training steps
+    batch_size: int = 16  # pre-training and distillation clips per step (before scene negatives)
+    qa_steps: int = 60  # QA fine-tuning steps
+    qa_batch_size: int = 8
+    distill_steps: int = 60  # distillation steps
+    quant_clips: int = 32  # calibration + held-out clips of the quantization measurement
+    quant_methods: tuple[str, ...] = ("nncf", "ort_dynamic", "fp16")  # variants measured against FP32
+    eval_limit: int = 120  # EgoMCQ and QA questions evaluated per stage
+    day_minutes: float = 5.0  # length of the streamed "day" video
     seed: int = 0
-    results: dict[str, Any] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
 
-    @property
-    def data(self) -> Path:
-        return self.out / "data"
+    def path(self, name: str) -> Path:
+        """``out/name``."""
+        return self.out / name
 
-    @property
-    def teacher_dir(self) -> Path:
-        return self.out / "teacher"
+    def schedules(self) -> dict[str, Any]:
+        """The settings that decide the run, for the report."""
+        return {k: v for k, v in asdict(self).items() if k != "out"}
 
 
-def _stage(demo: Demo, index: int, total: int, name: str, estimate: str, done: Path, fn: Callable[[], Any]) -> None:
-    if done.exists():
-        print(f"[{index}/{total}] {name}: reusing {done}")
-        return
-    print(f"[{index}/{total}] {name} (about {estimate} on a 2-core CPU) ...", flush=True)
-    t0 = time.perf_counter()
-    fn()
-    demo.timings[name] = time.perf_counter() - t0
-    print(f"[{index}/{total}] {name}: done in {demo.timings[name]:.0f} s", flush=True)
+@dataclass(frozen=True)
+class Stage:
+    """One demo stage: name (``--stage``), what it does, its marker file and how long it should take."""
+
+    name: str
+    title: str
+    marker: str  # relative to out; the stage is done when it exists
+    run: Callable[[Demo], None]
+    estimate: Callable[[Demo], float]  # seconds on a 2-core CPU
 
 
-def stage_data(demo: Demo) -> None:
-    """Render the synthetic egocentric dataset (three verb-noun pairs held out for a compositional split)."""
-    from egovlpv2_edge.training.data.cli import main as data_main
-
-    tmp = demo.data.with_name("data.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    args = ["synth", "--out", str(tmp), "--videos", str(demo.videos), "--seed", str(demo.seed)]
-    if data_main(args + ["--holdout-pairs", "open:green_box", "cut:bread", "pick_up:red_cup"]) != 0:
-        raise RuntimeError("synthetic data generation failed (see the messages above)")
-    tmp.rename(demo.data)  # only a finished dataset gets the final name
+def _scale(demo: Demo) -> float:
+    """Cost of a training step relative to the default teacher (the tiny test preset is far cheaper)."""
+    return 0.05 if demo.preset == "egovlpv2_test" else 1.0
 
 
-def stage_teacher(demo: Demo) -> None:
-    """Pre-train the teacher (EgoNCE + MLM + 2 VTM) on the train split."""
-    from egovlpv2_edge.runconfig import resolve
-    from egovlpv2_edge.training.trainer import PretrainConfig, train
+def stages() -> list[Stage]:
+    """The demo's stages in order."""
+    from egovlpv2_edge import _demo_eval as ev
+    from egovlpv2_edge import _demo_runtime as rt
+    from egovlpv2_edge import _demo_train as tr
 
-    overrides = [
-        f"data={demo.data}",
-        f"out={demo.teacher_dir}",
-        f"preset={demo.preset}",
-        f"seed={demo.seed}",
-        f"batch_size={demo.batch_size}",
-        f"max_steps={demo.steps}",
-        "num_workers=1",
-        "log_every=10",
-        "ckpt_every=50",
+    s = _scale
+    return [
+        Stage("data", "synthetic egocentric data", "data/meta.json", tr.stage_data, lambda d: 1.5 * d.videos + 5),
+        Stage("pretrain", "teacher pre-training", "teacher/teacher.pt", tr.stage_teacher, lambda d: 4 * d.steps * s(d)),
+        Stage("qa", "teacher QA fine-tuning", "qa/finetuned.pt", tr.stage_qa, lambda d: 1.6 * d.qa_steps * s(d) + 10),
+        Stage(
+            "distill",
+            "distillation into the edge student",
+            "student/student.pt",
+            tr.stage_distill,
+            lambda d: 3 * d.distill_steps * s(d) + 10,
+        ),  # fmt: skip
+        Stage(
+            "export",
+            "ONNX export (student and teacher)",
+            "graphs/export.json",
+            tr.stage_export,
+            lambda d: 60 * s(d) + 10,
+        ),  # fmt: skip
+        Stage("package", "model packages (build + verify)", "packages/fp32.json", tr.stage_package, lambda d: 10),
+        Stage(
+            "quantize",
+            "quantization (per-graph precision by measurement)",
+            "packages/quantize.json",
+            tr.stage_quantize,
+            lambda d: 3 * d.quant_clips + 20,
+        ),  # fmt: skip
+        Stage(
+            "evaluate",
+            "accuracy of every stage (teacher / student / quantized)",
+            "eval.json",
+            ev.stage_evaluate,
+            lambda d: 0.6 * d.eval_limit * (1 + s(d)) + 20,
+        ),  # fmt: skip
+        Stage(
+            "stream",
+            "stream a day of video through the runtime SDK",
+            "stream/stream.json",
+            rt.stage_stream,
+            lambda d: 8 * d.day_minutes + 10,
+        ),  # fmt: skip
+        Stage("ask", "sample searches and questions", "answers.json", rt.stage_ask, lambda d: 15),
     ]
-    train(resolve(PretrainConfig, None, overrides))
 
 
-def stage_eval(demo: Demo) -> None:
-    """Zero-shot EgoMCQ on held-out videos (dual / fusion / ensemble) and text-to-video recall."""
-    from egovlpv2_edge.training.eval_cli import load_run
-    from egovlpv2_edge.training.evaluate import evaluate_egomcq, evaluate_retrieval
-
-    model, tok = load_run(demo.teacher_dir / "teacher.pt")
-    mcq = evaluate_egomcq(model, tok, demo.data)
-    shuffled = evaluate_egomcq(model, tok, demo.data, shuffle_frames=True)
-    recall = evaluate_retrieval(model, tok, demo.data, split="test")
-    payload = {"egomcq": mcq.accuracy, "egomcq_shuffled": shuffled.accuracy, "counts": mcq.counts, "retrieval": recall}
-    (demo.out / "eval.json").write_text(json.dumps(payload, indent=2))
+def _fmt(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
-def stage_export(demo: Demo) -> None:
-    """Export the five gate-switch graphs to ONNX and validate each against PyTorch."""
-    from egovlpv2_edge.compress.export import export_all
-    from egovlpv2_edge.training.eval_cli import load_run
-
-    model, _ = load_run(demo.teacher_dir / "teacher.pt")
-    tmp = demo.out / "graphs.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    exported = export_all(model, tmp)
-    report = {name: {"max_abs_diff": g.max_abs_diff, "seconds": g.seconds} for name, g in exported.items()}
-    (tmp / "export.json").write_text(json.dumps(report, indent=2))
-    tmp.rename(demo.out / "graphs")
+def _load_timings(demo: Demo) -> dict[str, float]:
+    path = demo.path("timings.json")
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def stage_package(demo: Demo) -> None:
-    """Build and verify the versioned model package (directory and single-file archive)."""
-    import torch
+def run_stages(demo: Demo, only: list[str]) -> dict[str, float]:
+    """Run the stages that are not done; with ``only``, run those stages again (and any missing stage before them),
+    mark the stages after them stale and stop. Returns every stage's seconds (reused ones from earlier runs)."""
+    all_stages = stages()
+    timings = _load_timings(demo)
+    if only:
+        first = min(i for i, st in enumerate(all_stages) if st.name in only)
+        for st in all_stages[first:]:  # a re-run makes what follows stale: it runs again next time
+            if st.name not in only:
+                demo.path(st.marker).unlink(missing_ok=True)
+    last = max((i for i, st in enumerate(all_stages) if st.name in only), default=len(all_stages) - 1)
+    todo = [st for st in all_stages[: last + 1] if st.name in only or not demo.path(st.marker).exists()]
+    for k, st in enumerate(all_stages[: last + 1], start=1):
+        head = f"[{k}/{len(all_stages)}] {st.name}: {st.title}"
+        if st not in todo:
+            print(f"{head}: reusing {demo.path(st.marker)}", flush=True)
+            continue
+        left = sum(x.estimate(demo) for x in todo[todo.index(st) :])
+        print(f"{head} (about {_fmt(st.estimate(demo))}; about {_fmt(left)} left in the demo) ...", flush=True)
+        t0 = time.perf_counter()
+        st.run(demo)
+        timings[st.name] = time.perf_counter() - t0
+        demo.path("timings.json").write_text(json.dumps(timings, indent=2))
+        demo.path("settings.json").write_text(json.dumps(demo.schedules(), indent=2))
+        print(f"{head}: done in {_fmt(timings[st.name])}", flush=True)
+    return timings
 
-    from egovlpv2_edge.config import ModelConfig
-    from egovlpv2_edge.graphs import GRAPH_NAMES
-    from egovlpv2_edge.package import Preprocessing, build_package, verify_package
 
-    cfg = ModelConfig.from_dict(torch.load(demo.teacher_dir / "teacher.pt", weights_only=False)["config"])
-    graphs = {g: {"fp32": demo.out / "graphs" / f"{g}.onnx"} for g in GRAPH_NAMES}
-    reason = "fp32: the only precision built so far (INT8 selection comes with the compression step)"
-    evals = json.loads((demo.out / "eval.json").read_text())
-    metrics = {"teacher_fp32": _flat_metrics(evals)}
-    path = build_package(
-        demo.out / "package" / "egovlpv2_small_teacher",
-        config=cfg,
-        graphs=graphs,
-        selected={g: ("fp32", reason) for g in GRAPH_NAMES},
-        tokenizer=demo.teacher_dir / "tokenizer.json",
-        preprocessing=Preprocessing.from_config(cfg, clip_seconds=2.0, stride_seconds=1.0),
-        source_checkpoint=demo.teacher_dir / "teacher.pt",
-        metrics=metrics,
-        overwrite=True,
-    )
-    log.info("package %s", path)
-    print(verify_package(path).summary())
-
-
-def _flat_metrics(evals: dict[str, Any]) -> dict[str, float]:
-    out = {f"egomcq_{s}_{k}": v for s, acc in evals["egomcq"].items() for k, v in acc.items()}
-    out.update({f"t2v_{k}": v for k, v in evals["retrieval"].items()})
-    return out
+def _parser() -> argparse.ArgumentParser:
+    d = Demo(Path("outputs/demo"))
+    p = argparse.ArgumentParser(prog="egovlp demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="outputs/demo", help="where every stage writes (reused on the next run)")
+    p.add_argument("--stage", action="append", default=[], choices=[s.name for s in stages()],
+                   help="run this stage again, alone (repeatable); the stages after it are marked stale and run on "
+                   "the next plain run")  # fmt: skip
+    p.add_argument("--fresh", action=argparse.BooleanOptionalAction, default=False, help="delete --out first")
+    g = p.add_argument_group("schedules (defaults sized for about 25 min on a 2-core CPU)")
+    g.add_argument("--videos", type=int, default=d.videos, help="synthetic videos to render (%(default)s)")
+    g.add_argument("--preset", default=d.preset, help="teacher preset (%(default)s; egovlpv2_test for a smoke run)")
+    g.add_argument("--student-preset", default=d.student_preset, help="student preset (%(default)s)")
+    g.add_argument("--student-model", default="{}", help="JSON overrides merged over the student preset")
+    g.add_argument("--steps", type=int, default=d.steps, help="teacher pre-training steps (%(default)s)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="pre-training/distillation batch (%(default)s)")
+    g.add_argument("--qa-steps", type=int, default=d.qa_steps, help="QA fine-tuning steps (%(default)s)")
+    g.add_argument("--qa-batch-size", type=int, default=d.qa_batch_size, help="QA fine-tuning batch (%(default)s)")
+    g.add_argument("--distill-steps", type=int, default=d.distill_steps, help="distillation steps (%(default)s)")
+    g.add_argument("--quant-clips", type=int, default=d.quant_clips, help="quantization clips (%(default)s)")
+    g.add_argument("--quant-methods", nargs="+", default=list(d.quant_methods),
+                   help="quantization variants measured (see egovlp compress quantize --help)")  # fmt: skip
+    g.add_argument("--eval-limit", type=int, default=d.eval_limit, help="questions evaluated per stage (%(default)s)")
+    g.add_argument("--day-minutes", type=float, default=d.day_minutes, help="streamed video length (%(default)s)")
+    g.add_argument("--seed", type=int, default=d.seed, help="random seed (%(default)s)")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``egovlp demo``; returns the exit status."""
-    p = argparse.ArgumentParser(prog="egovlp demo", description=__doc__)
-    p.add_argument("--out", default="outputs/demo", help="where every stage writes (reused on the next run)")
-    p.add_argument("--videos", type=int, default=40, help="synthetic videos to render")
-    p.add_argument("--steps", type=int, default=150, help="teacher pre-training steps")
-    p.add_argument("--batch-size", type=int, default=16, help="clips per step before scene negatives")
-    p.add_argument("--fresh", action=argparse.BooleanOptionalAction, default=False, help="delete --out first")
-    args = p.parse_args(argv)
+    args = _parser().parse_args(argv)
     out = Path(args.out)
     if args.fresh:
         shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    demo = Demo(out, videos=args.videos, steps=args.steps, batch_size=args.batch_size)
-    from egovlpv2_edge._demo_runtime import stage_runtime, write_report
-
-    stages = [
-        ("synthetic data", "1-2 min", demo.data / "meta.json", lambda: stage_data(demo)),
-        (
-            "teacher pre-training",
-            f"{max(1, demo.steps * 4 // 60)} min",
-            demo.teacher_dir / "teacher.pt",
-            lambda: stage_teacher(demo),
-        ),
-        ("zero-shot evaluation", "2 min", out / "eval.json", lambda: stage_eval(demo)),
-        ("ONNX export", "1 min", out / "graphs" / "export.json", lambda: stage_export(demo)),
-        ("model package", "10 s", out / "package" / "egovlpv2_small_teacher.egopkg", lambda: stage_package(demo)),
-        ("on-device index and queries", "30 s", out / "runtime.json", lambda: stage_runtime(demo)),
-    ]
+    demo = Demo(
+        out, videos=args.videos, preset=args.preset, student_preset=args.student_preset,
+        student_model=json.loads(args.student_model), steps=args.steps, batch_size=args.batch_size,
+        qa_steps=args.qa_steps, qa_batch_size=args.qa_batch_size, distill_steps=args.distill_steps,
+        quant_clips=args.quant_clips, quant_methods=tuple(args.quant_methods), eval_limit=args.eval_limit,
+        day_minutes=args.day_minutes, seed=args.seed,
+    )  # fmt: skip
     t0 = time.perf_counter()
-    for i, (name, estimate, done, fn) in enumerate(stages, start=1):
-        _stage(demo, i, len(stages), name, estimate, done, fn)
-    write_report(demo, time.perf_counter() - t0)
+    timings = run_stages(demo, args.stage)
+    stale = [st.name for st in stages() if not demo.path(st.marker).exists()]
+    if stale:
+        print(f"stages {', '.join(stale)} are stale after --stage; run `egovlp demo` again to finish and report")
+        return 0
+    from egovlpv2_edge._demo_report import write_report
+
+    write_report(demo, timings, time.perf_counter() - t0)
     return 0

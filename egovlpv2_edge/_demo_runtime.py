@@ -1,7 +1,14 @@
-"""The demo's device side: index held-out clips through the package's ONNX graphs, answer queries, report.
+"""The demo's device side: a "day" of first-person video streamed through the runtime SDK, then searches and questions.
 
-Search runs with the gates off (cached clip embeddings against a cached text embedding); the top hits are then
-re-ranked with the gates on, running only the fused top layers over the clips' cached tokens.
+``stage_stream`` stitches the held-out videos (test, then val, then train until ``--day-minutes``) into one mp4 and
+streams it through ``egovlpv2_edge.open(package, source=video_file, index=...)``: capture -> frame ring -> clip
+sampler -> batched ONNX Runtime encoder (the quantized student package) -> clip index, as fast as the file decodes
+(lossless). The real-time factor is the video's length over the wall time.
+
+``stage_ask`` reopens the index without a source and asks it things: ``search`` (gates off) for narrations that
+occur in the day, scored against where they really occur, and ``ask`` (gates on) for held-out QA questions with
+their choices (the fused VTM head scores each "question choice"; without choices ``ask`` needs a QA head in the
+package). No torch in this stage's code path. ``retrieved_moments.png`` shows the moments and answers.
 """
 
 from __future__ import annotations
@@ -9,214 +16,204 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-QUERY_COUNT = 4
-TOP_K = 10
-SHOW = 3
+PACKAGE = "student_edge"  # the quantized student package streamed on the "device"
+QUERY_COUNT, QUESTION_COUNT, TOP_K, SHOW = 4, 4, 5, 3
 
 
-def _test_clips(data: Path) -> list[Any]:
-    from egovlpv2_edge.training.data.egoclip import read_egoclip
-
+def _split_videos(data: Path) -> list[str]:
     meta = json.loads((data / "meta.json").read_text())
-    keep = set(meta["splits"]["test"]["clip_idx"])
-    return [r for r in read_egoclip(data / "egoclip.csv") if r.clip_idx in keep]
+    order: list[str] = []
+    for split in ("test", "val", "train"):
+        order += [v for v in meta["splits"].get(split, {}).get("video_uids", []) if v not in order]
+    return order
 
 
-def _clip_frames(store: Any, rec: Any, pre: Any) -> tuple[np.ndarray, bytes]:
+def _copy_frames(src: Path, writer: Any, budget: int) -> int:
     import cv2
 
-    from egovlpv2_edge.preprocess import eval_transform
-    from egovlpv2_edge.training.data.video import sample_times
+    cap, n = cv2.VideoCapture(str(src)), 0
+    while n < budget:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        writer.write(frame)
+        n += 1
+    cap.release()
+    return n
 
-    frames = store.read_frames(rec.video_uid, sample_times(rec.clip_start, rec.clip_end, pre.frames_per_clip))
-    ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(frames[len(frames) // 2], cv2.COLOR_RGB2BGR))
-    return eval_transform(frames, pre.img_size, pre.mean, pre.std), jpg.tobytes()
+
+def make_day_video(data: Path, out: Path, minutes: float) -> list[dict[str, Any]]:
+    """Stitch whole videos (held-out first) into ``out`` up to ``minutes``; returns each piece's uid and offset."""
+    import cv2
+
+    meta = json.loads((data / "meta.json").read_text())
+    fps, size = float(meta["fps"]), int(meta["size"])
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (size, size))
+    budget, pieces, frames = int(minutes * 60 * fps), [], 0
+    for uid in _split_videos(data):
+        if frames >= budget:
+            break
+        start = frames
+        for chunk in sorted((data / "videos" / uid).glob("*.mp4"), key=lambda p: int(p.stem)):
+            frames += _copy_frames(chunk, writer, budget - frames)
+        pieces.append({"video_uid": uid, "offset": start / fps, "duration": (frames - start) / fps})
+    writer.release()
+    return pieces
 
 
-def _index_clips(demo: Any, encoder: Any, index: Any) -> dict[str, float]:
-    from egovlpv2_edge.training.data.video import ChunkedVideoStore
+def stage_stream(demo: Any) -> None:
+    """Stream the day video through the SDK into a fresh index; writes ``stream/stream.json``."""
+    import egovlpv2_edge
 
-    pre = encoder.package.preprocessing
-    store = ChunkedVideoStore(
-        demo.data / "videos", chunk_seconds=json.loads((demo.data / "meta.json").read_text())["chunk_seconds"]
-    )
-    clips = _test_clips(demo.data)
-    t_prep = t_enc = 0.0
-    for start in range(0, len(clips), 8):
-        batch = clips[start : start + 8]
+    root = demo.path("stream")
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    video = root / "day.mp4"
+    pieces = make_day_video(demo.path("data"), video, demo.day_minutes)
+    seconds = sum(p["duration"] for p in pieces)
+    print(f"streaming {video} ({seconds / 60:.1f} min, {len(pieces)} videos stitched) through the SDK ...", flush=True)
+    latencies: list[float] = []
+    package = demo.path("packages") / PACKAGE
+    with egovlpv2_edge.open(package, source=str(video), index=str(root / "index"), threads=2, max_token_clips=100_000,
+                            on_clip=lambda clip: latencies.append(clip.latency_s)) as rt:  # fmt: skip
         t0 = time.perf_counter()
-        prepared = [_clip_frames(store, r, pre) for r in batch]
-        t1 = time.perf_counter()
-        enc = encoder.encode_clips(np.stack([p[0] for p in prepared]))
-        t2 = time.perf_counter()
-        t_prep, t_enc = t_prep + t1 - t0, t_enc + t2 - t1
-        index.add(
-            enc.embeddings,
-            [r.clip_start for r in batch],
-            [r.clip_end for r in batch],
-            [r.video_uid for r in batch],
-            thumbnail=[p[1] for p in prepared],
-            extra=[{"text": r.clip_text} for r in batch],
-            tokens=list(enc.tokens.astype(np.float16)),
-        )
-    n = len(clips)
-    return {"clips": n, "decode_ms_per_clip": 1e3 * t_prep / n, "encode_ms_per_clip": 1e3 * t_enc / n}
+        rt.start()
+        rt.wait()
+        wall = time.perf_counter() - t0
+        s = rt.stats()
+    payload = {
+        "video": str(video), "pieces": pieces, "video_seconds": seconds, "wall_seconds": wall,
+        "realtime_factor": seconds / wall, "clips": s.index.count,
+        "frames_in": s.stream.frames_in, "frames_dropped": s.stream.frames_dropped,
+        "clips_dropped": s.stream.clips_dropped, "clips_per_s": len(latencies) / wall,
+        "latency_ms": {k: {"p50": v.p50_ms, "p95": v.p95_ms} for k, v in s.latency.items()},
+        "rss_mib": s.rss_bytes / 2**20, "providers": sorted(set(s.providers.values())), "package": str(package),
+    }  # fmt: skip
+    (root / "stream.json").write_text(json.dumps(payload, indent=2))
 
 
-def _pick_queries(data: Path, n: int) -> list[str]:
-    counts: dict[str, int] = {}
-    for r in _test_clips(data):
-        counts[r.clip_text] = counts.get(r.clip_text, 0) + 1
-    ranked = sorted(counts, key=lambda t: (-counts[t], t))
-    return ranked[:n]
+def _truth(data: Path, pieces: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
+    """(narration, start, end) of every clip inside the day video, on the day video's clock."""
+    from egovlpv2_edge.training.data.egoclip import read_egoclip
 
-
-def _answer(encoder: Any, index: Any, query: str) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    hits = index.search(encoder.encode_texts([query])[0], k=TOP_K)[0]
-    t1 = time.perf_counter()
-    tokens = index.get_tokens([h.id for h in hits])
-    probs = encoder.match(np.stack([tokens[h.id].astype(np.float32) for h in hits]), query)
-    t2 = time.perf_counter()
-    reranked = sorted(zip(hits, probs, strict=True), key=lambda hp: -(hp[0].score + float(hp[1])))
-    return {
-        "query": query,
-        "search_ms": 1e3 * (t1 - t0),
-        "rerank_ms": 1e3 * (t2 - t1),
-        "dual_top1_correct": hits[0].extra["text"] == query,
-        "fused_top1_correct": reranked[0][0].extra["text"] == query,
-        "moments": [
-            {
-                "id": h.id,
-                "video": h.source,
-                "start": h.start,
-                "end": h.end,
-                "cosine": h.score,
-                "vtm": float(p),
-                "text": h.extra["text"],
-                "thumbnail": h.thumbnail,
-            }
-            for h, p in reranked[:SHOW]
-        ],
-    }
-
-
-def stage_runtime(demo: Any) -> None:
-    """Index the held-out clips on the 'device' and answer sample queries; writes runtime.json and a picture."""
-    from egovlpv2_edge.package import open_package
-    from egovlpv2_edge.runtime.encoder import PackageEncoder
-    from egovlpv2_edge.runtime.index import ClipIndex
-
-    package = open_package(demo.out / "package" / "egovlpv2_small_teacher.egopkg")
-    encoder = PackageEncoder(package)
-    shutil.rmtree(demo.out / "index", ignore_errors=True)
-    emb_dim = package.config.heads.embed_dim
-    with ClipIndex.open(demo.out / "index", emb_dim, max_token_clips=100_000) as index:
-        stats = _index_clips(demo, encoder, index)
-        answers = [_answer(encoder, index, q) for q in _pick_queries(demo.data, QUERY_COUNT)]
-    _moments_picture(answers, demo.out / "retrieved_moments.png")
-    latency = _graph_latency(encoder)
-    for a in answers:
-        for m in a["moments"]:
-            m.pop("thumbnail")
-    payload = {"index": stats, "answers": answers, "graph_ms": latency, "providers": encoder.providers}
-    (demo.out / "runtime.json").write_text(json.dumps(payload, indent=2))
-
-
-def _graph_latency(encoder: Any, repeats: int = 20) -> dict[str, float]:
-    """Median ms per call of each graph at batch 1 on random inputs of the right shapes."""
-    rng = np.random.default_rng(0)
-    out = {}
-    for name, spec in encoder.specs.items():
-        feeds = {}
-        for t in spec.inputs:
-            shape = t.concrete(1)
-            feeds[t.name] = (
-                np.ones(shape, np.int64) if t.dtype == "int64" else rng.standard_normal(shape).astype(np.float32)
-            )
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            encoder.sessions[name].run(None, feeds)
-            times.append(time.perf_counter() - t0)
-        out[name] = 1e3 * float(np.median(times))
+    where = {p["video_uid"]: p for p in pieces}
+    out = []
+    for r in read_egoclip(data / "egoclip.csv"):
+        p = where.get(r.video_uid)
+        if p is not None and r.clip_end <= p["duration"]:
+            out.append((r.clip_text, p["offset"] + r.clip_start, p["offset"] + r.clip_end))
     return out
 
 
-def _moments_picture(answers: list[dict[str, Any]], path: Path) -> None:
+def _overlaps(m: Any, spans: list[tuple[float, float]]) -> bool:
+    return any(m.start < e and s < m.end for s, e in spans)
+
+
+def _searches(rt: Any, truth: list[tuple[str, float, float]]) -> list[dict[str, Any]]:
+    counts = Counter(t for t, _, _ in truth)
+    queries = sorted(counts, key=lambda t: (-counts[t], t))[:QUERY_COUNT]
+    out = []
+    for q in queries:
+        spans = [(s, e) for t, s, e in truth if t == q]
+        t0 = time.perf_counter()
+        moments = rt.search(q, k=TOP_K)
+        ms = 1e3 * (time.perf_counter() - t0)
+        hits = [_overlaps(m, spans) for m in moments]
+        shown = [_moment(m, h) for m, h in zip(moments, hits, strict=True)]
+        out.append({"query": q, "occurrences": len(spans), "search_ms": ms, "hit_at_1": bool(hits[:1] and hits[0]),
+                    "hit_at_k": any(hits), "moments": shown})  # fmt: skip
+    return out
+
+
+def _moment(m: Any, hit: bool) -> dict[str, Any]:
+    return {"id": m.id, "start": m.start, "end": m.end, "score": m.score, "hit": hit, "thumbnail": m.thumbnail}
+
+
+def _questions(rt: Any, data: Path, pieces: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from egovlpv2_edge.runtime.sdk import NoQAHeadError
+
+    qa = json.loads((data / "qa.json").read_text())["items"]
+    where = {p["video_uid"]: p for p in pieces}
+    inside = [q for q in qa if q["choices"] and q["end"] <= where.get(q["video_uid"], {}).get("duration", -1.0)]
+    picked, seen = [], set()
+    for q in inside:  # one question per type first, then any
+        if q["type"] not in seen:
+            picked.append(q)
+            seen.add(q["type"])
+    picked = (picked + [q for q in inside if q not in picked])[:QUESTION_COUNT]
+    out = []
+    for q in picked:
+        t0 = time.perf_counter()
+        a = rt.ask(q["question"], choices=q["choices"], k=TOP_K)
+        ms = 1e3 * (time.perf_counter() - t0)
+        off = where[q["video_uid"]]["offset"]
+        span = [(off + q["start"], off + q["end"])]
+        out.append({"question": q["question"], "type": q["type"], "choices": q["choices"], "truth": q["answer"],
+                    "answer": a.answer, "confidence": a.confidence, "correct": a.answer == q["answer"], "ask_ms": ms,
+                    "moments": [_moment(m, _overlaps(m, span)) for m in a.evidence[:SHOW]]})  # fmt: skip
+    try:
+        rt.ask(picked[0]["question"] if picked else "what did I do?")
+        head = "answered by the package's QA head"
+    except NoQAHeadError as err:
+        head = f"no QA head in the package: {err}"
+    return out + [{"qa_head": head}]
+
+
+def stage_ask(demo: Any) -> None:
+    """Searches and questions against the streamed index (no source); writes ``answers.json`` and the picture."""
+    import egovlpv2_edge
+
+    stream = json.loads(demo.path("stream/stream.json").read_text())
+    truth = _truth(demo.path("data"), stream["pieces"])
+    with egovlpv2_edge.open(demo.path("packages") / PACKAGE, index=str(demo.path("stream/index")), threads=2) as rt:
+        searches = _searches(rt, truth)
+        questions = _questions(rt, demo.path("data"), stream["pieces"])
+    moments_picture(searches, questions[:-1], demo.path("retrieved_moments.png"))
+    for row in searches + questions[:-1]:
+        for m in row["moments"]:
+            m.pop("thumbnail")
+    payload = {"searches": searches, "questions": questions[:-1], "qa_head": questions[-1]["qa_head"]}
+    demo.path("answers.json").write_text(json.dumps(payload, indent=2))
+
+
+def _short(text: str, n: int = 60) -> str:
+    text = text.replace("#C C ", "")
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def moments_picture(searches: list[dict[str, Any]], questions: list[dict[str, Any]], path: Path) -> None:
+    """Contact sheet: per search and per question, its top moments (green: overlaps where it really happened)."""
     import cv2
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(answers), SHOW, figsize=(3.2 * SHOW, 3.0 * len(answers)), squeeze=False)
-    for row, a in zip(axes, answers, strict=True):
-        for ax, m in zip(row, a["moments"], strict=False):
-            img = cv2.imdecode(np.frombuffer(m["thumbnail"], np.uint8), cv2.IMREAD_COLOR)
-            ax.imshow(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
-            ok = m["text"] == a["query"]
-            ax.set_title(f"{m['start']:.0f}-{m['end']:.0f} s  cos {m['cosine']:.2f}  vtm {m['vtm']:.2f}", fontsize=7)
-            ax.set_xlabel(m["text"].replace("#C C ", ""), fontsize=7, color="green" if ok else "red")
+    rows = searches + questions
+    fig, axes = plt.subplots(max(1, len(rows)), SHOW, figsize=(3.3 * SHOW, 2.9 * max(1, len(rows))), squeeze=False)
+    for ax_row, row in zip(axes, rows, strict=False):
+        for ax, m in zip(ax_row, row["moments"], strict=False):
+            if m["thumbnail"]:
+                img = cv2.imdecode(np.frombuffer(m["thumbnail"], np.uint8), cv2.IMREAD_COLOR)
+                ax.imshow(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+            ax.set_title(f"{m['start']:.0f}-{m['end']:.0f} s  score {m['score']:.2f}", fontsize=7,
+                         color="green" if m["hit"] else "red")  # fmt: skip
+        for ax in ax_row:
             ax.set_xticks([])
             ax.set_yticks([])
-        row[0].set_ylabel(a["query"].replace("#C C ", ""), fontsize=8)
-    fig.suptitle("retrieved moments (query on the left; green = the clip's own narration equals the query)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+        if "query" in row:
+            label = f"search: {_short(row['query'], 34)}"
+        else:
+            mark = "right" if row["correct"] else f"wrong, truth: {row['truth']}"
+            label = f"ask: {_short(row['question'], 34)}\n-> {row['answer']} ({mark})"
+        ax_row[0].set_ylabel(label, fontsize=7)
+    fig.suptitle("retrieved moments of the streamed day (green: overlaps where it really happened)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def write_report(demo: Any, seconds: float) -> None:
-    """Print the run's report and write it to ``report.md``."""
-    lines = [f"# egovlp demo report ({demo.out})", ""]
-    ev = json.loads((demo.out / "eval.json").read_text())
-    rt = json.loads((demo.out / "runtime.json").read_text())
-    exp = json.loads((demo.out / "graphs" / "export.json").read_text())
-    counts = ev["counts"]
-    lines += [
-        f"teacher: {demo.preset}, {demo.steps} pre-training steps of {demo.batch_size} clips (+ scene negatives)",
-        "",
-        f"EgoMCQ on held-out videos ({counts['inter']} inter, {counts['intra']} intra; chance 20%):",
-        "| scoring | inter | intra | intra, frames shuffled |",
-        "|---|---|---|---|",
-    ]
-    for s, acc in ev["egomcq"].items():
-        shuf = ev["egomcq_shuffled"][s]["intra"]
-        lines.append(f"| {s} | {acc['inter']:.1f} | {acc['intra']:.1f} | {shuf:.1f} |")
-    r = ev["retrieval"]
-    lines += ["", "text-to-video on the test split: " + ", ".join(f"{k} {v:.1f}" for k, v in r.items()), ""]
-    lines += ["| graph | max diff vs PyTorch | ORT ms (batch 1) |", "|---|---|---|"]
-    lines += [f"| {g} | {exp[g]['max_abs_diff']:.1e} | {ms:.2f} |" for g, ms in rt["graph_ms"].items()]
-    pkg = demo.out / "package" / "egovlpv2_small_teacher.egopkg"
-    idx = rt["index"]
-    lines += [
-        "",
-        f"package: {pkg} ({pkg.stat().st_size / 2**20:.1f} MiB, verified)",
-        f"index: {idx['clips']} clips, decode {idx['decode_ms_per_clip']:.1f} ms + encode "
-        f"{idx['encode_ms_per_clip']:.1f} ms per clip; providers {sorted(set(rt['providers'].values()))}",
-        "",
-    ]
-    for a in rt["answers"]:
-        top = a["moments"][0]
-        lines.append(
-            f'- "{a["query"]}": top {top["video"][:8]} {top["start"]:.0f}-{top["end"]:.0f} s '
-            f'"{top["text"]}" (search {a["search_ms"]:.1f} ms, re-rank {a["rerank_ms"]:.1f} ms)'
-        )
-    p1d = np.mean([a["dual_top1_correct"] for a in rt["answers"]])
-    p1f = np.mean([a["fused_top1_correct"] for a in rt["answers"]])
-    lines += [
-        "",
-        f"query top-1 exact narration: dual {100 * p1d:.0f}%, after fused re-rank {100 * p1f:.0f}%",
-        f"pictures: {demo.teacher_dir / 'curves.png'}, {demo.out / 'retrieved_moments.png'}",
-        "stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in demo.timings.items()),
-        f"total {seconds:.0f} s",
-    ]
-    text = "\n".join(lines)
-    (demo.out / "report.md").write_text(text + "\n")
-    print(text)

@@ -17,11 +17,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenizer": ("egovlpv2_edge._cli_tokenizer", "train or inspect a tokenizer (tokenizer.json)"),
     "data": ("egovlpv2_edge.training.data.cli", "generate the synthetic egocentric dataset, inspect data"),
     "package": ("egovlpv2_edge._cli_package", "build, verify or inspect a model package (.egopkg)"),
-    "compress": ("egovlpv2_edge.compress.cli", "export ONNX graphs (validated against PyTorch)"),
-    "eval": ("egovlpv2_edge.training.eval_cli", "zero-shot EgoMCQ (dual / fusion / ensemble) and text-to-video recall"),
+    "compress": (
+        "egovlpv2_edge.compress.cli",
+        "distill, export ONNX (validated), quantize per graph by measurement, TensorRT settings",
+    ),
+    "eval": (
+        "egovlpv2_edge.training.eval_cli",
+        "EgoMCQ (dual / fusion / ensemble), text-to-video recall; --task qa|retrieval|nlq|zeroshot",
+    ),
     "train": (
         "egovlpv2_edge.training.cli",
-        "pre-train the teacher (EgoNCE + MLM + VTM; torchrun for several processes)",
+        "pre-train the teacher (EgoNCE + MLM + VTM, torchrun) or fine-tune it (finetune --task qa|retrieval|nlq)",
     ),
     "run": ("egovlpv2_edge._cli_runtime:main_run", "stream a camera, file or URL into a clip index (no torch)"),
     "search": ("egovlpv2_edge._cli_runtime:main_search", "find moments in a clip index by text (gates off)"),

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from egovlpv2_edge.training.data._motion import PROGRAMS, SHOULDER, Ctx, HandPose, ObjPose, hand_dir, lid_offset
-from egovlpv2_edge.training.data._plan import PlannedAction, VideoPlan
+from egovlpv2_edge.training.data._plan import X_RANGE, Y_RANGE, PlannedAction, VideoPlan
 from egovlpv2_edge.training.data._sprites import Sprites, make_sprites, make_table, shade
 
 WATERMARK_BITS = 16
@@ -36,6 +36,7 @@ class Look:
     bob: tuple[float, float, float]  # amplitude (fraction), frequency (Hz), phase
     roll: tuple[float, float, float]  # amplitude (degrees), frequency, phase
     zoom: tuple[float, float, float]
+    gaze: tuple[float, float, float]  # zoom on the gaze point, share of the way it is centred, time constant (s)
     light: np.ndarray  # (S, S, 3) float32 static light map
     drift: tuple[float, float, float]  # amplitude, period (s), phase
     switch: tuple[float, float]  # time (s) and gain change of a light switch
@@ -63,21 +64,34 @@ def make_look(rng: np.random.Generator, size: int, duration: float, head_motion:
     switch = (-1, 0) if steady else switch
     la = rng.uniform(0, 2 * np.pi)
     drift = 0.0 if steady else rng.uniform(0, 0.08)
+    # The wearer looks at what the hands work on: the view zooms in on, and follows, the active object.
+    gaze = (float(rng.uniform(1.5, 1.8)), float(rng.uniform(0.7, 0.9)), float(rng.uniform(0.15, 0.3)))
+    gaze = gaze if head_motion else (1.0, 0.0, 1.0)
     return Look(
         skin=skin, sleeve=tuple(int(v) for v in rng.integers(20, 230, 3)), sleeve_frac=float(rng.uniform(0.3, 0.7)),
         quad=quad, pan_knots=knots, bob=(m * rng.uniform(0.005, 0.015), rng.uniform(0.8, 2.0), rng.uniform(0, 6)),
         roll=(m * rng.uniform(0.5, 3.0), rng.uniform(0.05, 0.3), rng.uniform(0, 6)),
-        zoom=(m * rng.uniform(0.0, 0.04), rng.uniform(0.03, 0.2), rng.uniform(0, 6)),
+        zoom=(m * rng.uniform(0.0, 0.04), rng.uniform(0.03, 0.2), rng.uniform(0, 6)), gaze=gaze,
         light=(light[..., None] * cast).astype(np.float32), drift=(drift, rng.uniform(8, 40), la),
         switch=(float(switch[0]), float(switch[1])), light_dir=(float(np.cos(la)), float(abs(np.sin(la)))), noise=noise,
     )  # fmt: skip
 
 
-def _camera(look: Look, t: float, size: int, canvas: int, swing: float) -> np.ndarray:
-    """3x3 matrix mapping canvas px to output px at time ``t`` (perspective, then head motion)."""
+def _camera(look: Look, t: float, size: int, canvas: int, swing: float, gaze: tuple[float, float]) -> np.ndarray:
+    """3x3 matrix mapping canvas px to output px at time ``t`` (perspective, gaze, then head motion).
+
+    ``gaze`` is the point looked at, in canvas fractions: the view zooms in by ``look.gaze[0]`` and moves that
+    point ``look.gaze[1]`` of the way to the centre.
+    """
     src = look.quad * canvas
     dst = np.array([[0, 0], [size, 0], [size, size], [0, size]], np.float32)
     persp = cv2.getPerspectiveTransform(src, dst)
+    z, w, _ = look.gaze
+    if z != 1.0 or w:
+        g = persp @ np.array([gaze[0] * canvas, gaze[1] * canvas, 1.0])
+        c = size / 2
+        q = c + w * (g[:2] / g[2] - c)  # the output point that becomes the centre
+        persp = np.array([[z, 0, c - z * q[0]], [0, z, c - z * q[1]], [0, 0, 1]]) @ persp
     k = look.pan_knots
     grid = np.arange(len(k)) * 2.0
     pan = np.array([np.interp(t, grid, k[:, 0]) + swing, np.interp(t, grid, k[:, 1])]) * size
@@ -330,6 +344,8 @@ def render_frames(plan: VideoPlan, look: Look, size: int, fps: float, watermark:
     arts: dict[int, _SceneArt] = {0: _SceneArt(plan, 0, canvas_px, look)}
     scene, ai, prev_hand, prev_end = 0, 0, _OFF, 0.0
     acts = plan.actions
+    gaze = _REST_GAZE
+    follow = 1 - math.exp(-1 / (fps * look.gaze[2]))  # per-frame smoothing of the gaze point
     for f in range(int(round(plan.duration * fps))):
         t = f / fps
         while ai < len(acts) and t >= acts[ai].end:
@@ -350,15 +366,28 @@ def render_frames(plan: VideoPlan, look: Look, size: int, fps: float, watermark:
         art = arts[scene]
         if nxt is not None and nxt.start <= t and nxt.scene == scene:
             pose, hand = _act(nxt, art, (t - nxt.start) / (nxt.end - nxt.start), art.px)
-            frame = _compose(art, nxt.obj, pose, hand, look, t, size, swing, f if watermark else None)
+            gaze = _follow(gaze, (pose.x, pose.y), follow)
+            frame = _compose(art, nxt.obj, pose, hand, look, t, size, swing, gaze, f if watermark else None)
         else:
             hand = _gap_hand(nxt, art, scene, prev_hand, prev_end, t, until)
-            frame = _compose(art, None, None, hand, look, t, size, swing, f if watermark else None)
+            ahead = nxt is not None and nxt.scene == scene  # the eyes go to the next object before the hand
+            gaze = _follow(gaze, (nxt.a.x, nxt.a.y) if ahead else _REST_GAZE, follow)
+            frame = _compose(art, None, None, hand, look, t, size, swing, gaze, f if watermark else None)
         yield frame
 
 
+_REST_GAZE = (0.5, 0.45)  # where the wearer looks with no hand in view (canvas fractions)
+
+
+def _follow(gaze: tuple[float, float], target: tuple[float, float], k: float) -> tuple[float, float]:
+    """Move the gaze point a share ``k`` of the way to ``target``, kept over the counter."""
+    tx = min(max(target[0], X_RANGE[0]), X_RANGE[1])
+    ty = min(max(target[1], Y_RANGE[0]), Y_RANGE[1])
+    return gaze[0] + k * (tx - gaze[0]), gaze[1] + k * (ty - gaze[1])
+
+
 def _compose(art: _SceneArt, active: int | None, pose: ObjPose | None, hand: HandPose, look: Look, t: float,
-             size: int, swing: float, mark: int | None) -> np.ndarray:  # fmt: skip
+             size: int, swing: float, gaze: tuple[float, float], mark: int | None) -> np.ndarray:  # fmt: skip
     """Static layer + the moving object + the hand, then camera warp, lighting, noise and watermark."""
     px = art.px
     canvas = art.static_layer(active).copy()
@@ -368,7 +397,7 @@ def _compose(art: _SceneArt, active: int | None, pose: ObjPose | None, hand: Han
     if moving:
         _draw_object(canvas, moving[0][0], moving[0][1], px)
     _draw_hand(canvas, hand, g, look, px)
-    m = _camera(look, t, size, int(px), swing)
+    m = _camera(look, t, size, int(px), swing, gaze)
     out = cv2.warpPerspective(canvas, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
     amp, period, phase = look.drift
     gain = 1 + amp * math.sin(2 * math.pi * t / period + phase)

@@ -1,0 +1,152 @@
+"""Run every benchmark in ``benchmarks/`` and regenerate ``BENCHMARKS.md`` from the tables they print.
+
+    python benchmarks/run_all.py                 # default settings (tens of minutes on a 2-core CPU)
+    python benchmarks/run_all.py --quick         # tiny settings, a smoke run (writes outputs/benchmarks/quick.md)
+
+Each benchmark runs as its own process (``sys.executable benchmarks/<name>.py ...``), one after the other, with
+its stdout (the tables) kept and its stderr (progress) passed through. The inputs they need are made first and
+reused: a synthetic dataset (``egovlp data synth``) and a tokenizer fitting the quantized preset. The file starts
+with the machine (``/proc/cpuinfo`` model name and flags of interest, ``nproc``), the date and every command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Bench:
+    """One benchmark: its section title, script and arguments."""
+
+    title: str
+    script: str
+    args: list[str]
+
+
+def machine() -> str:
+    """CPU model, core count and SIMD flags of interest, memory, Python and library versions."""
+    model, flags = platform.processor() or platform.machine(), set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_bf16") if f in flags]
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # nproc honours it
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True, env=env).stdout.strip() or str(os.cpu_count())
+    mem = ""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        kb = int(meminfo.read_text().split("MemTotal:")[1].split()[0])
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    return f"{model}, nproc {nproc} ({', '.join(simd) or 'no AVX2'}){mem}; Python {platform.python_version()}"
+
+
+def prepare(work: Path, videos: int, preset: str) -> tuple[Path, Path]:
+    """A synthetic dataset and a tokenizer fitting ``preset`` under ``work`` (reused when present)."""
+    from egovlpv2_edge.config import get_config
+    from egovlpv2_edge.training.data.cli import main as data_main
+    from egovlpv2_edge.training.text import load_or_train_tokenizer
+
+    data = work / f"data_{videos}"
+    if not (data / "meta.json").is_file():
+        if data_main(["synth", "--out", str(data), "--videos", str(videos)]) != 0:
+            raise RuntimeError("egovlp data synth failed")
+    tokenizer = work / f"tokenizer_{preset}.json"
+    load_or_train_tokenizer(get_config(preset).text, data / "egoclip.csv", tokenizer)
+    return _short(data), _short(tokenizer)
+
+
+def _short(path: Path) -> Path:
+    """``path`` relative to the repository root when inside it (the benchmarks run there)."""
+    path = path.resolve()
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
+def benches(data: Path, tokenizer: Path, quick: bool) -> list[Bench]:
+    """The benchmarks with their default (or, with ``quick``, tiny) settings."""
+    if quick:
+        return [
+            Bench("Pre-training throughput", "bench_pretrain.py",
+                  ["--data", str(data), "--preset", "egovlpv2_test", "--batch-size", "4"]),
+            Bench("Quantization: latency and drift per graph", "bench_quantize.py",
+                  ["--preset", "egovlpv2_test", "--data", str(data), "--tokenizer", str(tokenizer), "--methods",
+                   "ort_dynamic", "--max-clips", "8"]),
+            Bench("On-device runtime", "bench_runtime.py",
+                  ["--actions", "6", "--clips", "2000", "--queries", "20", "--asks", "5"]),
+        ]  # fmt: skip
+    return [
+        Bench("Pre-training throughput", "bench_pretrain.py", ["--data", str(data)]),
+        Bench(
+            "Quantization: latency and drift per graph",
+            "bench_quantize.py",
+            ["--data", str(data), "--tokenizer", str(tokenizer)],
+        ),  # fmt: skip
+        Bench("On-device runtime", "bench_runtime.py", []),
+    ]
+
+
+def run(bench: Bench) -> tuple[str, float, int]:
+    """Run one benchmark; returns its stdout, seconds and exit status."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / bench.script), *bench.args]
+    print(f"[run_all] {bench.title}: {' '.join(cmd)}", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    return proc.stdout, time.perf_counter() - t0, proc.returncode
+
+
+def section(bench: Bench, stdout: str, seconds: float, status: int) -> str:
+    """A markdown section: the command, then the printed tables (markdown tables kept, other text fenced)."""
+    command = " ".join(["python", f"benchmarks/{bench.script}", *bench.args])
+    lines = [f"## {bench.title}", "", f"Command: `{command}` ({seconds:.0f} s, exit status {status})", ""]
+    body = stdout.strip()
+    lines += [body] if body.lstrip().startswith("|") or "\n|" in body else ["```text", body, "```"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks and write the markdown file; returns 1 when any benchmark failed."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action=argparse.BooleanOptionalAction, default=False, help="tiny settings (smoke run)")
+    p.add_argument("--out", type=Path, default=None, help="markdown to write (BENCHMARKS.md; quick: outputs/...)")
+    p.add_argument("--work", type=Path, default=ROOT / "outputs" / "benchmarks", help="inputs made for the benchmarks")
+    args = p.parse_args(argv)
+    out = args.out or (args.work / "quick.md" if args.quick else ROOT / "BENCHMARKS.md")
+    args.work.mkdir(parents=True, exist_ok=True)
+    data, tokenizer = prepare(args.work, 4 if args.quick else 40, "egovlpv2_test" if args.quick else "egovlpv2_edge")
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    sections, failed = [], 0
+    for bench in benches(data, tokenizer, args.quick):
+        stdout, seconds, status = run(bench)
+        failed += status != 0
+        sections.append(section(bench, stdout, seconds, status))
+    head = [
+        "# Benchmarks",
+        "",
+        "Generated by `python benchmarks/run_all.py" + (" --quick" if args.quick else "") + "`: every number comes "
+        "from a script in `benchmarks/` that prints a table, run one after the other on one machine.",
+        "",
+        f"Machine: {machine()}. Date: {started}. `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}`.",
+        f"Inputs: synthetic data `{data}`, tokenizer `{tokenizer}`.",
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(head) + "\n\n" + "\n\n".join(sections) + "\n")
+    print(f"wrote {out}" + (f" ({failed} benchmark(s) failed)" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
