@@ -28,21 +28,21 @@ def load_or_train_tokenizer(text: TextConfig, egoclip_csv: Path, out: Path, is_m
         out: Where the run keeps its tokenizer; reused when it exists.
         is_main: Only the main process writes; the others wait and read.
     """
-    if out.is_file():
-        tok = Tokenizer.from_file(out, max_length=text.max_length)
-    elif is_minilm(text):
-        from egovlpv2_edge.checkpoint import minilm_path
+    # Only the main process decides and writes; every process then meets at the barrier and reads the same file.
+    # (Deciding per process would race: a late process could see the file and skip the barrier.)
+    if is_main and not out.is_file():
+        if is_minilm(text):
+            from egovlpv2_edge.checkpoint import minilm_path
 
-        tok = Tokenizer.from_pretrained_dir(minilm_path(), max_length=text.max_length)
-        if is_main:
-            tok.save(out)
-    else:
-        if is_main:
+            Tokenizer.from_pretrained_dir(minilm_path(), max_length=text.max_length).save(out)
+        else:
             texts = [r.clip_text for r in read_egoclip(egoclip_csv)]
             log.info("training a %d-word byte-level BPE on %d narrations", text.vocab_size, len(texts))
             Tokenizer.train_bpe(texts, vocab_size=text.vocab_size, max_length=text.max_length).save(out)
-        barrier()
-        tok = Tokenizer.from_file(out, max_length=text.max_length)
+    barrier()
+    if not out.is_file():
+        raise FileNotFoundError(f"tokenizer {out} was not written by the main process; is `out` on a shared disk?")
+    tok = Tokenizer.from_file(out, max_length=text.max_length)
     if tok.vocab_size > text.vocab_size or tok.pad_id != text.pad_id:
         raise ValueError(
             f"tokenizer {out} (vocab {tok.vocab_size}, pad {tok.pad_id}) does not fit the text encoder "
