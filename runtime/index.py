@@ -117,6 +117,7 @@ class _Snapshot:
     generation: int
     n: int  # committed rows
     vectors: np.ndarray | None  # (n, D) read-only memmap of vectors.<generation>.bin
+    search_vectors: np.ndarray | None  # (n, D) float32 rows that searches score (the memmap itself when float32)
     ids: np.ndarray  # (capacity,) int64, row -> clip id
     start: np.ndarray  # (capacity,) float64
     end: np.ndarray  # (capacity,) float64
@@ -161,6 +162,8 @@ class ClipIndex:
             self._db = connect(path / _DB)
             self._rdb = connect(path / _DB, query_only=True)
             self._vec_fd = -1
+            self._f32: np.ndarray | None = None  # float32 copy of fp16 rows for scoring, grown by doubling
+            self._f32_rows, self._f32_gen = 0, -1
             self._recover()
         except BaseException:
             self._release()
@@ -290,6 +293,7 @@ class ClipIndex:
             self._generation,
             n,
             vectors,
+            self._search_rows(vectors, n),
             self._ids,
             self._start,
             self._end,
@@ -297,6 +301,28 @@ class ClipIndex:
             self._has_tokens,
             MappingProxyType(dict(self._source_codes)),
         )
+
+    def _search_rows(self, vectors: np.ndarray | None, n: int) -> np.ndarray | None:
+        """The float32 rows searches score: the memmap for a float32 index, else an in-memory float32 copy.
+
+        Converting fp16 rows on every search costs ~10x the matmul, so new rows are converted once, when they
+        are published (4 * D bytes of RAM per clip). Rows below an older snapshot's ``n`` are never rewritten
+        in place: growth allocates a new buffer and a compaction (new generation) starts a new one.
+        """
+        if vectors is None or self.dtype == np.float32:
+            return vectors
+        if self._f32_gen != self._generation or n < self._f32_rows:
+            self._f32, self._f32_rows, self._f32_gen = None, 0, self._generation
+        if self._f32 is None or self._f32.shape[0] < n:
+            grown = np.empty((max(1024, 2 * n), self.dim), np.float32)
+            if self._f32 is not None:
+                grown[: self._f32_rows] = self._f32[: self._f32_rows]
+            self._f32 = grown
+        for s in range(self._f32_rows, n, CHUNK_ROWS):
+            e = min(s + CHUNK_ROWS, n)
+            self._f32[s:e] = vectors[s:e]
+        self._f32_rows = n
+        return self._f32[:n]
 
     def _vector_path(self, generation: int) -> Path:
         return self.path / f"vectors.{generation}.bin"
@@ -589,7 +615,7 @@ class ClipIndex:
         rows = candidate_rows(snap, since, until, source, tokens_only)
         if snap.n == 0 or (rows is not None and rows.size == 0):
             return [[] for _ in range(q.shape[0])]
-        top_rows, top_scores = topk(snap.vectors, rows, q, int(k))  # (Q, k'), (Q, k')
+        top_rows, top_scores = topk(snap.search_vectors, rows, q, int(k))  # (Q, k'), (Q, k')
         meta = self._fetch(np.unique(snap.ids[top_rows]).tolist())
         results = []
         for qi in range(q.shape[0]):

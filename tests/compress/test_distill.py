@@ -137,10 +137,12 @@ def test_hidden_projection_shapes_for_the_edge_pair() -> None:
 
     proj = HiddenProjections(get_config("egovlpv2_edge"), get_config("egovlpv2_small"))
     assert proj.layer_map == [1, 2]
-    assert [tuple(p.weight.shape) for p in proj.video] == [(192, 96), (192, 96)]  # (teacher, student) widths
+    student, teacher = get_config("egovlpv2_edge").video.width, get_config("egovlpv2_small").video.width
+    assert student != teacher
+    assert [tuple(p.weight.shape) for p in proj.video] == [(teacher, student)] * 2
     assert all(isinstance(p, nn.Identity) for p in proj.text)  # both MiniLM: width 384
-    out = proj.video[0](torch.zeros(2, 65, 96))
-    assert out.shape == (2, 65, 192)
+    out = proj.video[0](torch.zeros(2, 65, student))
+    assert out.shape == (2, 65, teacher)
 
 
 def test_fused_layer_outputs_end_at_fuse_upper() -> None:

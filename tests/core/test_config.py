@@ -77,3 +77,13 @@ def test_wrong_frame_count_is_a_clear_error(tiny) -> None:
     frames, _, _ = random_inputs(tiny)
     with pytest.raises(ValueError, match="num_frames"):
         tiny.encode_video(torch.cat([frames, frames], dim=1))
+
+
+def test_edge_student_has_ten_times_fewer_macs_per_clip_than_the_teacher():
+    """The student encodes a clip (video lower + upper, gates off) with at least 10x fewer MACs."""
+    from egovlpv2_edge import create_model
+    from egovlpv2_edge.model.stats import count_macs
+
+    teacher = count_macs(create_model("egovlpv2_small"))["dual_clip"]
+    student = count_macs(create_model("egovlpv2_edge"))["dual_clip"]
+    assert teacher / student >= 10, (teacher, student)

@@ -51,6 +51,24 @@ def test_search_matches_brute_force(tmp_path: Path, dtype: str) -> None:
         assert all(h.start == h.id and h.end == h.id + 1 and h.source == "cam" for h in row)
 
 
+def test_fp16_search_copy_grows_and_keeps_old_snapshots(tmp_path: Path) -> None:
+    """fp16 rows are scored from a float32 copy that grows by reallocation: a search that started on an older
+    snapshot still sees exactly its rows, and every new row is scored."""
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(2600, DIM))
+    q = rng.normal(size=(2, DIM))
+    with ClipIndex.open(tmp_path / "ix", DIM, dtype="float16") as ix:
+        ix.add(emb[:700], np.arange(700.0), np.arange(700.0) + 1, "cam")
+        old = ix._snap
+        for s in range(700, 2600, 950):  # past the first buffer's 1,400 rows, then past the next one's
+            ix.add(emb[s : s + 950], np.arange(s, s + 950.0), np.arange(s, s + 950.0) + 1, "cam")
+        assert old.search_vectors.shape[0] == 700
+        np.testing.assert_array_equal(old.search_vectors, _unit(emb[:700]).astype(np.float16).astype(np.float32))
+        hits = ix.search(q, k=5)
+    ref_ids, _ = _reference_topk(_unit(emb).astype(np.float16), np.arange(2600), q, 5)
+    assert [[h.id for h in row] for row in hits] == ref_ids
+
+
 def test_single_query_and_self_match(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     emb = rng.normal(size=(20, DIM))
