@@ -91,6 +91,9 @@ class PackageEncoder:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        # Five sessions run one after another (text lower -> fused upper ...): threads left spinning by the last
+        # one would steal the cores the next one needs, so idle pool threads sleep instead.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         wanted = choose_providers(providers)
         self.sessions = {
             name: ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
@@ -156,6 +159,27 @@ class PackageEncoder:
             "fused_upper",
             {name: tokens, "text_tokens": np.repeat(states, B, 0), "attention_mask": np.repeat(mask, B, 0)},
         )
+
+    def fused_pairs(self, tokens: np.ndarray, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Fused outputs for every (text, clip) pair in one batch: row ``c * B + b`` pairs ``texts[c]`` with clip b.
+
+        The texts run through the lower text layers together (their dual embeddings are not needed), then all
+        ``C * B`` pairs through the fused graph once: one call per graph instead of two or three per text.
+        """
+        for text in texts:
+            check_query(text)
+        batch = self.tokenizer.encode(list(texts), max_length=self.package.config.text.max_length)
+        states = self._run("text_lower", {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})
+        states = states["text_tokens"]  # (C, L, Dt)
+        tokens = np.ascontiguousarray(tokens, dtype=np.float32)
+        B, C = tokens.shape[0], len(texts)
+        name = self.specs["fused_upper"].input_names[0]
+        feeds = {
+            name: np.tile(tokens, (C, 1, 1)),
+            "text_tokens": np.repeat(states, B, 0),
+            "attention_mask": np.repeat(batch.attention_mask, B, 0),
+        }
+        return self._run("fused_upper", feeds)
 
     def match(self, tokens: np.ndarray, text: str) -> np.ndarray:
         """VTM match probability of each clip ``tokens`` ``(B, T, Dv)`` with ``text``, fused top layers only."""

@@ -208,9 +208,9 @@ class EdgeRuntime:
         return hits, np.stack([cached[h.id] for h in hits]).astype(np.float32)  # (B, T, Dv)
 
     def _ask_choices(self, question: str, choices: list[str], hits: list[Hit], tokens: np.ndarray) -> Answer:
-        logits = np.stack(  # (C, B) VTM log-odds of each choice against each clip
-            [_log_odds(self.encoder.fused(tokens, self._pair(question, c))["vtm_logits"]) for c in choices]
-        )
+        pairs = [self._pair(question, c) for c in choices]
+        vtm = self.encoder.fused_pairs(tokens, pairs)["vtm_logits"]  # (C * B, 2), choice-major
+        logits = _log_odds(vtm).reshape(len(choices), tokens.shape[0])  # (C, B) log-odds of each choice per clip
         best_per_choice = logits.max(axis=1)  # (C,) the best supporting clip decides
         probs = _softmax(best_per_choice)
         best = int(probs.argmax())

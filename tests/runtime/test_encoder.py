@@ -43,6 +43,27 @@ def test_encoder_equals_pytorch_in_both_gate_states(built) -> None:
     assert set(enc.providers.values()) == {"CPUExecutionProvider"}
 
 
+def test_fused_pairs_batch_equals_one_text_at_a_time(built) -> None:
+    """Every (text, clip) pair in one fused call gives what one call per text gives, choice-major."""
+    from egovlpv2_edge.package import open_package
+    from egovlpv2_edge.runtime.encoder import PackageEncoder
+
+    pkg, model, _ = built
+    enc = PackageEncoder(open_package(pkg))
+    v = model.cfg.video
+    frames = np.random.default_rng(1).standard_normal((2, v.num_frames, 3, v.img_size, v.img_size)).astype(np.float32)
+    tokens = enc.encode_clips(frames).tokens
+    texts = [SENTENCES[0], SENTENCES[1], "a much longer question about what the wearer did right after that"]
+    calls = []
+    run = enc._run
+    enc._run = lambda graph, feeds: calls.append(graph) or run(graph, feeds)  # type: ignore[method-assign]
+    together = enc.fused_pairs(tokens, texts)["vtm_logits"]
+    assert calls == ["text_lower", "fused_upper"]
+    one_by_one = np.concatenate([enc.fused(tokens, t)["vtm_logits"] for t in texts])
+    assert together.shape == (len(texts) * 2, 2)
+    assert np.abs(together - one_by_one).max() < 1e-4
+
+
 def test_text_encodings_are_cached_and_bad_queries_rejected(built) -> None:
     from egovlpv2_edge.package import open_package
     from egovlpv2_edge.runtime.encoder import PackageEncoder
