@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from egovlpv2_edge.checkpoint import save_checkpoint
 from egovlpv2_edge.tokenizer import Tokenizer
+from egovlpv2_edge.training.curves import plot_curves
 from egovlpv2_edge.training.data.dataset import EgoClipDataset, collate
 from egovlpv2_edge.training.distributed import DistInfo
 from egovlpv2_edge.training.trainer import GlobalBatchSampler, _autocast, _batch_to, _read_metrics, _worker_init
@@ -162,27 +163,8 @@ def loop(
 
 
 def plot(history: list[dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not history:
-        return
-    steps = [r["step"] for r in history]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
-    for ax, keys, title in (
-        (axes[0], ("loss", "distill", "egonce", "mlm", "vtm"), "total, distillation, ground truth"),
-        (axes[1], LOG_KEYS[2:7], "distillation terms (unweighted)"),
-    ):
-        for key in keys:
-            ax.plot(steps, [r[key] for r in history], label=key)
-        ax.set_xlabel("step")
-        ax.set_title(title)
-        ax.legend()
-    axes[2].plot(steps, [r["lr"] for r in history])
-    axes[2].set_xlabel("step")
-    axes[2].set_title("learning rate")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    panels = [
+        (("loss", "distill", "egonce", "mlm", "vtm"), "total, distillation, ground truth"),
+        (LOG_KEYS[2:7], "distillation terms (unweighted)"),
+    ]
+    plot_curves(history, path, panels, "learning rate")

@@ -72,7 +72,7 @@ from egovlpv2_edge.training.losses import egonce_loss, mlm_loss_sum, mlm_mask, p
 from egovlpv2_edge.training.optim import cosine_schedule, param_groups
 from egovlpv2_edge.training.pretrain import LossConfig, canonical_order, local_positions
 from egovlpv2_edge.training.text import is_minilm, load_or_train_tokenizer
-from egovlpv2_edge.training.trainer import GlobalBatchSampler, OptimConfig
+from egovlpv2_edge.training.trainer import GlobalBatchSampler, LoopConfig, OptimConfig
 
 __all__ = [
     "DistillConfig",
@@ -506,7 +506,7 @@ def _check_pair(student: ModelConfig, teacher: ModelConfig) -> None:
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(LoopConfig):
     """Everything one distillation run needs; saved resolved beside the run."""
 
     teacher: str = ""  # teacher checkpoint in this project's format (e.g. runs/teacher/teacher.pt); required
@@ -518,23 +518,7 @@ class DistillConfig:
     student_init: str = ""  # start the student from this checkpoint (e.g. one with a task head) instead
     init_text: str = "auto"  # auto (MiniLM for the MiniLM layout) | minilm | none; before init_from_teacher
     init_from_teacher: bool = True  # copy every teacher tensor whose shape fits (layer maps in the report)
-    batch_size: int = 16  # global clips per step before scene negatives
-    epochs: int = 1
-    max_steps: int = 0  # length of the run in steps (0 = all epochs); sets the schedule
-    stop_at: int = 0  # pause after this step with a checkpoint, schedule unchanged (0 = never); resume later
-    scene_negatives: bool = True  # add a same-video, same-60-s clip per item
     loss: DistillLossConfig = field(default_factory=DistillLossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    amp: str = "off"  # off | bf16 | fp16 (fp16 needs CUDA)
-    grad_checkpointing: bool = False
-    num_workers: int = 2
-    threads: int = 0  # torch intra-op threads per process (0 = default)
-    seed: int = 0
-    log_every: int = 10
-    ckpt_every: int = 100
-    resume: bool = True  # continue from out/last.pt when it exists
-    device: str = "auto"
-    skip_bad: bool = False  # skip malformed csv rows (warned and counted) instead of failing
 
 
 def load_teacher(path: str | Path) -> tuple[EgoVLPv2, dict[str, Any]]:

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Sampler
 from egovlpv2_edge import create_model
 from egovlpv2_edge.checkpoint import load_checkpoint, load_minilm, save_checkpoint
 from egovlpv2_edge.runconfig import save_resolved
+from egovlpv2_edge.training.curves import plot_curves
 from egovlpv2_edge.training.data.dataset import EgoClipDataset, collate
 from egovlpv2_edge.training.distributed import DistInfo, barrier, init_distributed
 from egovlpv2_edge.training.optim import build_optimizer, cosine_schedule
@@ -48,21 +49,14 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
-    """Everything one pre-training run needs; saved resolved beside the run."""
+class LoopConfig:
+    """The loop settings pre-training and distillation share (batches, schedule, checkpoints, devices)."""
 
-    data: str = "data/synth"  # dataset root (egoclip.csv, videos/, meta.json)
-    out: str = "runs/pretrain"  # run directory
-    preset: str = "egovlpv2_small"  # model preset
-    model: dict[str, Any] = field(default_factory=dict)  # overrides merged over the preset
-    init_text: str = "auto"  # auto (MiniLM for the 30522-vocab BERT presets) | minilm | none
-    init: str = ""  # optional checkpoint to start from (this project's or the released layout)
     batch_size: int = 16  # global clips per step before scene negatives
     epochs: int = 1
     max_steps: int = 0  # length of the run in steps (0 = all epochs); sets the schedule
     stop_at: int = 0  # pause after this step with a checkpoint, schedule unchanged (0 = never); resume later
     scene_negatives: bool = True  # add a same-video, same-60-s clip per item
-    loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     amp: str = "off"  # off | bf16 | fp16 (fp16 needs CUDA)
     grad_checkpointing: bool = False
@@ -74,6 +68,19 @@ class PretrainConfig:
     resume: bool = True  # continue from out/last.pt when it exists
     device: str = "auto"
     skip_bad: bool = False  # skip malformed csv rows (warned and counted) instead of failing
+
+
+@dataclass(frozen=True)
+class PretrainConfig(LoopConfig):
+    """Everything one pre-training run needs; saved resolved beside the run."""
+
+    data: str = "data/synth"  # dataset root (egoclip.csv, videos/, meta.json)
+    out: str = "runs/pretrain"  # run directory
+    preset: str = "egovlpv2_small"  # model preset
+    model: dict[str, Any] = field(default_factory=dict)  # overrides merged over the preset
+    init_text: str = "auto"  # auto (MiniLM for the 30522-vocab BERT presets) | minilm | none
+    init: str = ""  # optional checkpoint to start from (this project's or the released layout)
+    loss: LossConfig = field(default_factory=LossConfig)
 
 
 class GlobalBatchSampler(Sampler[list[int]]):
@@ -321,23 +328,4 @@ def _read_metrics(path: Path, upto: int) -> list[dict[str, float]]:
 
 
 def _plot(history: list[dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not history:
-        return
-    steps = [r["step"] for r in history]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ("loss", "egonce", "mlm", "vtm"):
-        axes[0].plot(steps, [r[key] for r in history], label=key)
-    axes[0].set_xlabel("step")
-    axes[0].set_title("pre-training losses")
-    axes[0].legend()
-    axes[1].plot(steps, [r["lr"] for r in history])
-    axes[1].set_xlabel("step")
-    axes[1].set_title("learning rate")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plot_curves(history, path, [(("loss", "egonce", "mlm", "vtm"), "pre-training losses")], "learning rate")

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -31,6 +30,7 @@ from torch.utils.data import DataLoader
 from egovlpv2_edge import create_model
 from egovlpv2_edge.runconfig import save_resolved
 from egovlpv2_edge.tokenizer import Tokenizer
+from egovlpv2_edge.training.curves import plot_curves
 from egovlpv2_edge.training.optim import cosine_schedule, param_groups
 from egovlpv2_edge.training.tasks.checkpoint import load_backbone, save_finetuned
 from egovlpv2_edge.training.trainer import GlobalBatchSampler, OptimConfig
@@ -235,25 +235,7 @@ def _loop(cfg: FinetuneConfig, setup: TaskSetup, opt: Any, sched: Any, total: in
 
 
 def _plot(history: list[dict[str, float]], path: Path, task: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not history:
         return
-    steps = [r["step"] for r in history]
     keys = [k for k in history[0] if k not in ("step", "lr", "items_per_s")]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for key in keys:
-        axes[0].plot(steps, [r.get(key, np.nan) for r in history], label=key)
-    axes[0].set_xlabel("step")
-    axes[0].set_title(f"{task} fine-tuning")
-    axes[0].legend()
-    axes[1].plot(steps, [r["lr"] for r in history])
-    axes[1].set_xlabel("step")
-    axes[1].set_title("learning rate (backbone; head for NLQ)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
+    plot_curves(history, path, [(keys, f"{task} fine-tuning")], "learning rate (backbone; head for NLQ)")
