@@ -34,7 +34,6 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
 
     from egovlpv2_edge.compress.trt import Profile, TensorRTUnavailableError, trt_settings, write_trt_settings
-    from egovlpv2_edge.graphs import graph_specs
     from egovlpv2_edge.package import PackageError, build_package, open_package
 
     try:
@@ -48,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         src = open_package(args.package)
         m, root = src.manifest, src.root
         files = {n: {p: root / f.file for p, f in g.files.items()} for n, g in m.graphs.items()}
-        specs = graph_specs(src.config)
+        specs = src.specs
         settings = trt_settings(
             specs, files, {n: g.selected for n, g in m.graphs.items()},
             profiles=dict.fromkeys(specs, profile), fp16=args.fp16, int8=args.int8, workspace_mb=args.workspace_mb,
@@ -82,12 +81,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _engines(args: argparse.Namespace, profile: object) -> None:
     from egovlpv2_edge import create_model
+    from egovlpv2_edge.compress.export import checkpoint_qa_head, model_specs
     from egovlpv2_edge.compress.trt import build_engines, require_tensorrt
-    from egovlpv2_edge.graphs import graph_specs
     from egovlpv2_edge.package import load_manifest
 
     require_tensorrt()  # fail before loading anything
     manifest = load_manifest(args.package)
     model = create_model(manifest.preset, pretrained=None if args.checkpoint is None else str(args.checkpoint))
-    specs = graph_specs(model.cfg)
-    build_engines(model, specs, args.engines, profiles=dict.fromkeys(specs, profile), fp16=args.fp16)
+    qa = checkpoint_qa_head(args.checkpoint) if args.checkpoint is not None and manifest.qa_answers() else None
+    head = None if qa is None else qa.head  # the package's fused graph has qa_logits: so do its engines
+    specs = model_specs(model, head)
+    build_engines(model, specs, args.engines, profiles=dict.fromkeys(specs, profile), fp16=args.fp16, qa_head=head)

@@ -26,6 +26,7 @@ from egovlpv2_edge.training.distributed import DistInfo
 from egovlpv2_edge.training.trainer import GlobalBatchSampler, _autocast, _batch_to, _read_metrics, _worker_init
 
 if TYPE_CHECKING:
+    from egovlpv2_edge.compress._distill_heads import QABatches
     from egovlpv2_edge.compress.distill import DistillConfig, DistillTask
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class Run:
     scaler: Any
     out: Path
     total: int
+    qa: QABatches | None = None  # QA questions for the QA head's KL, one batch per step
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -99,6 +101,7 @@ def _step(run: Run, batch: dict[str, Any], s_tok: Tokenizer, t_tok: Tokenizer, s
             b["noun"],
             torch.tensor(run.step),
             b["parts"],
+            run.qa.feeds(run.step) if run.qa is not None else None,
         )
     run.opt.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
@@ -131,9 +134,11 @@ def loop(
         epoch, offset = divmod(run.step, spe)
         sampler.set_epoch(epoch, offset)
         data.set_epoch(epoch)
-        loader = DataLoader(
-            data, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers, worker_init_fn=_worker_init
-        )
+        # its own generator: opening the loader (at an epoch start, or mid-epoch on resume) must not draw from the
+        # global RNG that dropout in the steps uses, or a resumed run would drift from an uninterrupted one
+        seeds = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+        loader = DataLoader(data, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
+                            worker_init_fn=_worker_init, generator=seeds)  # fmt: skip
         for batch in loader:
             row = _step(run, batch, s_tok, t_tok, shared)
             clips += batch["video"].shape[0] * info.world_size

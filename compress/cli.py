@@ -3,6 +3,7 @@
 Examples::
 
     egovlp compress export --preset egovlpv2_edge --checkpoint run/best.pt --out build/onnx
+    egovlp compress export --preset egovlpv2_small --checkpoint runs/qa/finetuned.pt --out build/onnx  # + qa_logits
     egovlp compress quantize --package build/pkg_fp32 --calibration data/synth --out build/pkg_int8
     egovlp compress trt --package build/pkg_int8 --out build/pkg_trt --max-batch 16
 
@@ -54,6 +55,13 @@ def _add_export(ex: argparse.ArgumentParser) -> None:
         default=True,
         help="compare each graph with PyTorch in ONNX Runtime on fresh inputs",
     )
+    ex.add_argument(
+        "--qa-head",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="when the checkpoint carries a fusion-mode QA head (fine-tuned or distilled), add its qa_logits to "
+        "fused_upper and write its answers to <out>/answer_vocabs.json for `egovlp package build`",
+    )
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
@@ -71,22 +79,32 @@ def _export(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from egovlpv2_edge import create_model
-    from egovlpv2_edge.compress.export import ExportMismatchError, export_one
-    from egovlpv2_edge.graphs import graph_specs
+    from egovlpv2_edge.compress.export import (
+        ExportMismatchError,
+        check_qa_head,
+        checkpoint_qa_head,
+        export_one,
+        model_specs,
+        write_answer_vocabs,
+    )
 
     try:
         model = create_model(args.preset, pretrained=None if args.checkpoint is None else str(args.checkpoint))
+        qa = checkpoint_qa_head(args.checkpoint) if args.qa_head and args.checkpoint is not None else None
+        if qa is not None:
+            check_qa_head(model, qa.head)
     except (ValueError, FileNotFoundError) as exc:
         print(f"egovlp compress export: {exc}", file=sys.stderr)
         return 2
-    specs = graph_specs(model.cfg)
+    head = None if qa is None else qa.head
+    specs = model_specs(model, head)
     names = args.graphs or list(GRAPH_NAMES)
     rows = []
     bar = tqdm(names, desc="export", unit="graph", file=sys.stderr, disable=None)
     for name in bar:
         bar.set_postfix_str(name)
         try:
-            graph = export_one(model, name, args.out, validate=args.validate)
+            graph = export_one(model, name, args.out, validate=args.validate, qa_head=head)
         except ExportMismatchError as exc:
             print(f"egovlp compress export: {exc}", file=sys.stderr)
             return 1
@@ -95,6 +113,9 @@ def _export(args: argparse.Namespace) -> int:
         rows.append((name, diff, f"{specs[name].atol:.0e}", f"{size:.2f}", f"{graph.seconds:.1f}"))
     print(_table(rows))
     print(f"wrote {len(rows)} graph(s) to {args.out}")
+    if qa is not None:
+        vocab = write_answer_vocabs(args.out, qa.answers)
+        print(f"QA head: fused_upper returns qa_logits over {len(qa.answers)} answers, listed in {vocab}")
     return 0
 
 

@@ -14,8 +14,11 @@ pre-training losses (EgoNCE + MLM + VTM, Sec. 3.3, weighted by ``loss.gt_weight`
 * **hidden states** (:func:`hidden_mse`): student fused-layer outputs (video tokens and text tokens) against the
   teacher's fused layer at the proportional index (:func:`proportional_map`), after a learned linear projection
   where widths differ;
-* **task heads**: any head (e.g. a QA answer head over the fused video CLS) that both the teacher's and the
-  student's checkpoints carry, found through :class:`HeadHook` objects; KL of the softened logits.
+* **task heads**: any head (e.g. a QA answer head over the fused video CLS) the teacher's checkpoint carries,
+  found through :class:`HeadHook` objects; the student's comes from its init checkpoint or is created fresh at
+  its width. KL of the softened logits on the fused pairs and, for the QA head, on questions of the QA split
+  (``data/qa.json``, ``qa_batch_size`` per step) with their clips; the student checkpoint stores the head as
+  fine-tuned checkpoints do (``training.tasks.checkpoint.load_finetuned`` and the ONNX exporter read it).
 
 The student can start from the teacher's tensors where shapes fit (:func:`init_from_teacher`; e.g. the MiniLM
 text layers of ``egovlpv2_small`` into ``egovlpv2_edge``). The loop reuses the pre-training pieces (data,
@@ -33,7 +36,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +44,15 @@ from torch import Tensor, nn
 
 from egovlpv2_edge import create_model
 from egovlpv2_edge.checkpoint import load_checkpoint, load_minilm, save_checkpoint
+from egovlpv2_edge.compress._distill_heads import (
+    FinetunedQAHook,
+    HeadHook,
+    QABatches,
+    default_head_hooks,
+    head_pairs,
+    qa_batches,
+    question_head_kl,
+)
 from egovlpv2_edge.compress._distill_losses import (
     DistillError,
     HiddenProjections,
@@ -56,7 +68,6 @@ from egovlpv2_edge.compress._distill_losses import (
 from egovlpv2_edge.compress._distill_run import Run, loop, plot, resume
 from egovlpv2_edge.config import ModelConfig
 from egovlpv2_edge.model import EgoVLPv2
-from egovlpv2_edge.model.egovlpv2 import FusionOutput
 from egovlpv2_edge.runconfig import save_resolved
 from egovlpv2_edge.tokenizer import Tokenizer
 from egovlpv2_edge.training.data.dataset import EgoClipDataset
@@ -79,9 +90,11 @@ __all__ = [
     "DistillError",
     "DistillLossConfig",
     "DistillTask",
+    "FinetunedQAHook",
     "HeadHook",
     "HiddenProjections",
     "InitReport",
+    "QABatches",
     "affinity_kl",
     "build_optimizer_for",
     "build_student",
@@ -89,6 +102,7 @@ __all__ = [
     "default_head_hooks",
     "distill",
     "fused_layer_outputs",
+    "head_pairs",
     "hidden_mse",
     "init_from_teacher",
     "load_teacher",
@@ -106,97 +120,6 @@ RUN_KEYS = frozenset(
     | {"tokenizer_json"}
     | {"distill_aux", "distilled_from", "init_from_teacher"}
 )
-
-
-class HeadHook(Protocol):
-    """How distillation finds, runs and saves one task head (e.g. a QA answer head over the fused video CLS).
-
-    A task module defines one per head; :func:`default_head_hooks` looks them up in
-    ``egovlpv2_edge.training.tasks.distill_head_hooks()`` when that exists. Nothing here imports the task code.
-    """
-
-    def load(self, checkpoint: Mapping[str, Any], model: EgoVLPv2) -> nn.Module | None:
-        """The head stored in ``checkpoint`` for ``model``, or None when the checkpoint carries no such head."""
-        ...
-
-    def logits(self, head: nn.Module, fused: FusionOutput) -> torch.Tensor:
-        """The head's class logits ``(B, C)`` for a fused forward pass."""
-        ...
-
-    def save(self, head: nn.Module) -> dict[str, Any]:
-        """Checkpoint entries (weights, answer vocabulary) that let :meth:`load` restore ``head``."""
-        ...
-
-
-class FinetunedQAHook:
-    """The QA answer head of ``training.tasks`` checkpoints (``ckpt["task"]``, fusion mode: the head reads the
-    fused video CLS). Dual-mode QA heads read unfused features and are not distilled here."""
-
-    def __init__(self) -> None:
-        self._payloads: dict[int, dict[str, Any]] = {}  # id(head) -> the task entry it came from
-
-    def load(self, checkpoint: Mapping[str, Any], model: EgoVLPv2) -> nn.Module | None:
-        """The fusion-mode QA head of ``checkpoint["task"]``, or None."""
-        task = checkpoint.get("task")
-        if not isinstance(task, Mapping) or task.get("mode") != "fusion" or not task.get("head_config"):
-            return None
-        if task["head_config"].get("kind") != "qa":
-            return None
-        if task["head_config"].get("in_dim") != model.cfg.video.width:
-            raise DistillError(f"QA head in_dim {task['head_config'].get('in_dim')} does not fit the video width "
-                               f"{model.cfg.video.width} of the model stored with it")  # fmt: skip
-        from egovlpv2_edge.training.tasks.heads import build_head
-
-        head = build_head(dict(task["head_config"]))
-        head.load_state_dict(task["head"])
-        self._payloads[id(head)] = dict(task)
-        return head
-
-    def logits(self, head: nn.Module, fused: FusionOutput) -> Tensor:
-        """Answer logits ``(B, A)`` from the fusion-normed video CLS (as ``QATask.features`` in fusion mode)."""
-        return head(fused.video_cls)
-
-    def save(self, head: nn.Module) -> dict[str, Any]:
-        """The ``task`` entry with the student's head weights and config."""
-        payload = dict(self._payloads.get(id(head), {"name": "qa", "mode": "fusion", "vocab": {}, "params": {}}))
-        payload |= {"head": head.state_dict(), "head_config": head.config()}  # type: ignore[operator]
-        return {"task": payload}
-
-
-def default_head_hooks() -> dict[str, HeadHook]:
-    """The built-in QA hook plus any published by the task modules (``training.tasks.distill_head_hooks()``)."""
-    hooks: dict[str, HeadHook] = {"qa": FinetunedQAHook()}
-    try:
-        from egovlpv2_edge.training import tasks
-    except ImportError:
-        return hooks
-    published = getattr(tasks, "distill_head_hooks", None)
-    return hooks | (dict(published()) if callable(published) else {})
-
-
-def head_pairs(
-    hooks: Mapping[str, HeadHook],
-    teacher_ckpt: Mapping[str, Any],
-    teacher: EgoVLPv2,
-    student_ckpt: Mapping[str, Any] | None,
-    student: EgoVLPv2,
-) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
-    """Teacher and student heads for every hook whose head both checkpoints carry (others logged and skipped)."""
-    t_heads: dict[str, nn.Module] = {}
-    s_heads: dict[str, nn.Module] = {}
-    for name, hook in hooks.items():
-        t = hook.load(teacher_ckpt, teacher)
-        s = hook.load(student_ckpt, student) if student_ckpt is not None else None
-        if t is None or s is None:
-            log.info(
-                "task head %r: not distilled (teacher has it: %s, student init has it: %s)",
-                name,
-                t is not None,
-                s is not None,
-            )
-            continue
-        t_heads[name], s_heads[name] = t.eval().requires_grad_(False), s
-    return t_heads, s_heads
 
 
 # ----- the task ---------------------------------------------------------------------------------------------------
@@ -287,6 +210,7 @@ class DistillTask(nn.Module):
         noun: torch.Tensor,
         step: torch.Tensor,
         parts: int = 1,
+        qa: Mapping[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One step's loss over the local batch (``b`` clips; the global batch is gathered where a term needs it).
 
@@ -300,6 +224,8 @@ class DistillTask(nn.Module):
             noun: Multi-hot nouns ``(b, Cn)``.
             step: The global step (0-d tensor) seeding the random choices.
             parts: 2 when the batch is positives followed by scene negatives, else 1.
+            qa: QA questions with their clips for the QA head's KL (``video``, ``ids``, ``mask``, ``t_ids``,
+                ``t_mask``; see ``_distill_heads.question_tokens``), or None.
 
         Returns:
             The loss to back-propagate (times the process count, which DDP's averaging undoes) and the global
@@ -319,6 +245,8 @@ class DistillTask(nn.Module):
         )
         mlm, kd_mlm = self._mlm(g, video, t_video, attention_mask, teacher_mask, mine, gen)
         vtm, kd_vtm, kd_hidden, kd_heads = self._vtm(g, sim_t, pos, mine, gen)
+        kd_qa = question_head_kl(self, qa, self.loss_cfg.logit_temperature) if qa is not None else video.new_zeros(())
+        kd_heads = kd_heads + kd_qa  # the heads' KL on the fused pairs and on QA questions
 
         c = self.loss_cfg
         gt = nce + c.gt.mlm_weight * mlm + c.gt.vtm_weight * vtm
@@ -339,6 +267,7 @@ class DistillTask(nn.Module):
                 ("kd_vtm", kd_vtm),
                 ("kd_hidden", kd_hidden),
                 ("kd_heads", kd_heads),
+                ("kd_heads_qa", kd_qa),
             )
         }
         logs["distill"] = (
@@ -519,6 +448,7 @@ class DistillConfig(LoopConfig):
     init_text: str = "auto"  # auto (MiniLM for the MiniLM layout) | minilm | none; before init_from_teacher
     init_from_teacher: bool = True  # copy every teacher tensor whose shape fits (layer maps in the report)
     loss: DistillLossConfig = field(default_factory=DistillLossConfig)
+    qa_batch_size: int = -1  # QA-split questions per step for the QA head's KL: -1 = batch_size // 2, 0 = none
 
 
 def load_teacher(path: str | Path) -> tuple[EgoVLPv2, dict[str, Any]]:
@@ -671,6 +601,8 @@ def distill(cfg: DistillConfig, hooks: Mapping[str, HeadHook] | None = None) -> 
         student.train(), teacher, s_tok.special_ids, s_tok.mask_id, cfg.loss, cfg.seed, shared, t_heads, s_heads, hooks
     ).to(info.device)
     data, sampler = _data(cfg, student.cfg, info)
+    qa_batch = cfg.batch_size // 2 if cfg.qa_batch_size < 0 else cfg.qa_batch_size
+    qa = qa_batches(cfg.data, task, qa_batch, info, cfg.seed, cfg.num_workers, (s_tok, t_tok))
     spe = len(data) // cfg.batch_size
     total = cfg.max_steps or spe * cfg.epochs
     ddp: nn.Module = task
@@ -681,7 +613,7 @@ def distill(cfg: DistillConfig, hooks: Mapping[str, HeadHook] | None = None) -> 
     opt = build_optimizer_for(task, cfg.optim)
     sched = cosine_schedule(opt, total, cfg.optim.warmup)
     scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.amp == "fp16")
-    run = Run(cfg, info, task, ddp, opt, sched, scaler, out, total)
+    run = Run(cfg, info, task, ddp, opt, sched, scaler, out, total, qa=qa)
     if cfg.resume and (out / "last.pt").is_file():
         resume(run, out / "last.pt")
     if info.is_main:

@@ -2,7 +2,9 @@
 
 The graphs and their boundaries are fixed by :func:`egovlpv2_edge.graphs.graph_specs` (arXiv 2307.05463, Sec. 3;
 the split is this project's): the lower layers of each encoder, their unfused top layers with the projection
-heads (gates off, dual mode), and the fused top layers with the VTM head (gates on). One ``nn.Module`` wrapper
+heads (gates off, dual mode), and the fused top layers with the VTM head (gates on) and, when a QA head is passed
+(``qa_head=``, e.g. from a fine-tuned checkpoint, see :func:`~._qa_head.checkpoint_qa_head`), its answer logits
+``qa_logits`` over the fused video CLS, as ``training.tasks.qa.QATask`` computes them. One ``nn.Module`` wrapper
 per graph takes exactly the spec's inputs in order and returns its outputs in order, so the exporter, this
 validator and the on-device runtime agree on every name, dtype and static size.
 
@@ -26,8 +28,40 @@ import numpy as np
 import torch
 from torch import nn
 
-from egovlpv2_edge.graphs import GRAPH_NAMES, GraphSpec, TensorSpec, graph_specs
+from egovlpv2_edge.compress._qa_head import (
+    CheckpointQAHead,
+    check_qa_head,
+    check_spec_head,
+    checkpoint_qa_head,
+    model_specs,
+    write_answer_vocabs,
+)
+from egovlpv2_edge.graphs import GRAPH_NAMES, GraphSpec, TensorSpec
 from egovlpv2_edge.model import EgoVLPv2
+
+__all__ = [
+    "CheckpointQAHead",
+    "ExportMismatchError",
+    "ExportedGraph",
+    "FusedUpperGraph",
+    "TextLowerGraph",
+    "TextUpperGraph",
+    "ValidationResult",
+    "VideoLowerGraph",
+    "VideoUpperGraph",
+    "check_graph_io",
+    "check_qa_head",
+    "checkpoint_qa_head",
+    "export_all",
+    "export_graph",
+    "export_one",
+    "file_sha256",
+    "graph_module",
+    "model_specs",
+    "sample_inputs",
+    "validate_graph",
+    "write_answer_vocabs",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -142,25 +176,31 @@ class TextUpperGraph(nn.Module):
 
 
 class FusedUpperGraph(nn.Module):
-    """``video tokens, text_tokens, attention_mask -> vtm_logits, fused_video_cls, fused_text_cls`` (gates on).
+    """``video tokens, text_tokens, attention_mask -> vtm_logits, fused_video_cls, fused_text_cls[, qa_logits]``.
+
+    Gates on. With a QA head, ``qa_logits`` is the head over ``fused_video_cls`` (the fusion-normed video CLS,
+    what ``QATask`` feeds it in fusion mode).
 
     Raises:
-        ValueError: The model has no VTM head.
+        ValueError: The model has no VTM head, or the QA head does not read the model's fused video CLS.
     """
 
-    def __init__(self, model: EgoVLPv2) -> None:
+    def __init__(self, model: EgoVLPv2, qa_head: nn.Module | None = None) -> None:
         super().__init__()
         if model.heads.vtm is None:
             raise ValueError(
                 f"fused_upper needs a VTM head but model {model.cfg.name!r} has heads.vtm=false; "
                 "enable heads.vtm or export only the dual graphs"
             )
+        if qa_head is not None:
+            check_qa_head(model, qa_head)
         self.model = model
+        self.qa_head = qa_head
 
     def forward(
         self, video_tokens: torch.Tensor, text_tokens: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Run the top layers fused and the VTM head.
+    ) -> tuple[torch.Tensor, ...]:
+        """Run the top layers fused, the VTM head and the QA head if there is one.
 
         Args:
             video_tokens: Fused-stream video tokens entering the first fused block ``(B, T, Dv)``.
@@ -168,12 +208,15 @@ class FusedUpperGraph(nn.Module):
             attention_mask: Text padding mask ``(B, L)`` (1 keep, 0 pad).
 
         Returns:
-            VTM logits ``(B, 2)``, the fusion-normed video CLS ``(B, Dv)`` and the fused text CLS ``(B, Dt)``.
+            VTM logits ``(B, 2)``, the fusion-normed video CLS ``(B, Dv)``, the fused text CLS ``(B, Dt)`` and,
+            with a QA head, the answer logits ``(B, A)``.
         """
         v, t = self.model.fuse_upper(video_tokens, text_tokens, attention_mask)
         out = self.model.fusion_heads(v, t)
         assert out.vtm_logits is not None  # checked in __init__
-        return out.vtm_logits, out.video_cls, out.text_cls
+        if self.qa_head is None:
+            return out.vtm_logits, out.video_cls, out.text_cls
+        return out.vtm_logits, out.video_cls, out.text_cls, self.qa_head(out.video_cls)
 
 
 _WRAPPERS: dict[str, type[nn.Module]] = {
@@ -185,24 +228,31 @@ _WRAPPERS: dict[str, type[nn.Module]] = {
 }
 
 
-def graph_module(model: EgoVLPv2, name: str) -> nn.Module:
+def graph_module(model: EgoVLPv2, name: str, qa_head: nn.Module | None = None) -> nn.Module:
     """The wrapper module of one graph.
 
     Args:
         model: The model whose weights the graph uses.
         name: One of :data:`egovlpv2_edge.graphs.GRAPH_NAMES`.
+        qa_head: A QA head over the fused video CLS; ``fused_upper`` then also returns ``qa_logits`` (the other
+            graphs ignore it).
 
     Raises:
         ValueError: Unknown graph name; the message lists the valid ones.
     """
     if name not in _WRAPPERS:
         raise ValueError(f"unknown graph {name!r}; valid graphs: {', '.join(GRAPH_NAMES)}")
+    if name == "fused_upper":
+        return FusedUpperGraph(model, qa_head)
     return _WRAPPERS[name](model)
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put a model in eval mode for a block and restore its previous mode afterwards."""
+def _eval_mode(model: nn.Module | None) -> Iterator[None]:
+    """Put a model (if any) in eval mode for a block and restore its previous mode afterwards."""
+    if model is None:
+        yield
+        return
     was_training = model.training
     model.eval()
     try:
@@ -289,7 +339,9 @@ def _dynamic_shapes(spec: GraphSpec) -> tuple[dict[int, Any], ...]:
     return tuple(out)
 
 
-def export_graph(model: EgoVLPv2, spec: GraphSpec, path: str | Path, *, batch: int = 2) -> Path:
+def export_graph(
+    model: EgoVLPv2, spec: GraphSpec, path: str | Path, *, batch: int = 2, qa_head: nn.Module | None = None
+) -> Path:
     """Export one graph with ``torch.onnx.export`` (dynamo) and check its inputs and outputs against the spec.
 
     The export runs the model in eval mode (its previous mode is restored), with the spec's input/output names
@@ -300,20 +352,22 @@ def export_graph(model: EgoVLPv2, spec: GraphSpec, path: str | Path, *, batch: i
         spec: The graph's spec, from :func:`egovlpv2_edge.graphs.graph_specs` of the model's config.
         path: The ``.onnx`` file to write; parent folders are created.
         batch: Batch size of the example inputs; at least 2, as ``torch.export`` specialises a size of 1.
+        qa_head: The QA head ``fused_upper`` carries (its spec must then have ``qa_logits``).
 
     Returns:
         The written path.
 
     Raises:
-        ValueError: ``batch < 2`` or an unknown graph name.
+        ValueError: ``batch < 2``, an unknown graph name, or a QA head the spec does not expect (or the reverse).
         ExportMismatchError: The written graph's inputs or outputs differ from the spec.
     """
     if batch < 2:
         raise ValueError(f"export batch {batch} is too small; use batch >= 2 (torch.export specialises a size of 1)")
+    check_spec_head(spec, qa_head)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _eval_mode(model), _quiet_exporter(), warnings.catch_warnings():
-        module = graph_module(model, spec.name).eval()
+    with _eval_mode(model), _eval_mode(qa_head), _quiet_exporter(), warnings.catch_warnings():
+        module = graph_module(model, spec.name, qa_head).eval()
         args = tuple(sample_inputs(model, spec, batch, seed=0).values())
         # every input's batch axis shares one Dim; torch.onnx warns that it keeps only one of the equal names
         warnings.filterwarnings("ignore", message=r".*axis name.*will not be used.*")
@@ -378,6 +432,7 @@ def validate_graph(
     batch: int = 3,
     seed: int = 1,
     atol: float | None = None,
+    qa_head: nn.Module | None = None,
 ) -> ValidationResult:
     """Run an exported graph in ONNX Runtime (CPU) on fresh random inputs and compare it with PyTorch.
 
@@ -391,6 +446,7 @@ def validate_graph(
         batch: Batch size of the validation inputs (3 includes a fully padded text row).
         seed: Seed of the random inputs.
         atol: Absolute tolerance; the spec's ``atol`` when None.
+        qa_head: The QA head the graph was exported with (its ``qa_logits`` are compared like every output).
 
     Returns:
         The max absolute difference per output.
@@ -402,11 +458,12 @@ def validate_graph(
     import onnxruntime as ort
 
     atol = spec.atol if atol is None else atol
+    check_spec_head(spec, qa_head)
     check_graph_io(path, spec)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    with _eval_mode(model), torch.no_grad():
+    with _eval_mode(model), _eval_mode(qa_head), torch.no_grad():
         inputs = sample_inputs(model, spec, batch, seed)
-        expected = graph_module(model, spec.name).eval()(*inputs.values())
+        expected = graph_module(model, spec.name, qa_head).eval()(*inputs.values())
     got = session.run(spec.output_names, {name: x.numpy() for name, x in inputs.items()})
     diffs = {}
     for tensor, want, have in zip(spec.outputs, expected, got, strict=True):
@@ -435,7 +492,9 @@ def _compare(graph: str, tensor: TensorSpec, want: np.ndarray, have: np.ndarray,
 
 
 # ----- all graphs --------------------------------------------------------------------------------------------------
-def export_one(model: EgoVLPv2, name: str, out_dir: str | Path, *, validate: bool = True) -> ExportedGraph:
+def export_one(
+    model: EgoVLPv2, name: str, out_dir: str | Path, *, validate: bool = True, qa_head: nn.Module | None = None
+) -> ExportedGraph:
     """Export one graph into ``out_dir/<name>.onnx`` and, unless told not to, validate it.
 
     Args:
@@ -443,17 +502,18 @@ def export_one(model: EgoVLPv2, name: str, out_dir: str | Path, *, validate: boo
         name: One of :data:`egovlpv2_edge.graphs.GRAPH_NAMES`.
         out_dir: Output folder; created if missing.
         validate: Run :func:`validate_graph` on the export.
+        qa_head: A QA head over the fused video CLS, exported as ``fused_upper``'s ``qa_logits``.
 
     Raises:
-        ValueError: An unknown graph name; the message lists the valid ones.
+        ValueError: An unknown graph name (the message lists the valid ones) or a QA head that does not fit.
         ExportMismatchError: The graph failed its checks.
     """
-    specs = graph_specs(model.cfg)
+    specs = model_specs(model, qa_head)
     if name not in specs:
         raise ValueError(f"unknown graph {name!r}; valid graphs: {', '.join(GRAPH_NAMES)}")
     start = time.perf_counter()
-    path = export_graph(model, specs[name], Path(out_dir) / f"{name}.onnx")
-    diff = validate_graph(model, specs[name], path).max_abs_diff if validate else None
+    path = export_graph(model, specs[name], Path(out_dir) / f"{name}.onnx", qa_head=qa_head)
+    diff = validate_graph(model, specs[name], path, qa_head=qa_head).max_abs_diff if validate else None
     return ExportedGraph(path, file_sha256(path), diff, time.perf_counter() - start)
 
 
@@ -463,6 +523,7 @@ def export_all(
     *,
     validate: bool = True,
     graphs: Sequence[str] | None = None,
+    qa_head: nn.Module | None = None,
 ) -> dict[str, ExportedGraph]:
     """Export (and validate) the graphs of a model into ``out_dir/<graph>.onnx``, logging progress per graph.
 
@@ -471,21 +532,27 @@ def export_all(
         out_dir: Output folder; created if missing.
         validate: Run :func:`validate_graph` on each export.
         graphs: Graph names to export, in :data:`egovlpv2_edge.graphs.GRAPH_NAMES` order when None.
+        qa_head: A QA head over the fused video CLS (``QAHead`` of a fusion-mode fine-tuned checkpoint or of a
+            distilled student), exported as ``fused_upper``'s ``qa_logits``; write its answers beside the graphs
+            with :func:`write_answer_vocabs` so ``egovlp package build`` packages them.
 
     Returns:
         One :class:`ExportedGraph` per graph, in the order exported.
 
     Raises:
-        ValueError: An unknown graph name (checked before any export); the message lists the valid ones.
+        ValueError: An unknown graph name (checked before any export; the message lists the valid ones) or a QA
+            head that does not read the model's fused video CLS.
         ExportMismatchError: A graph failed its checks.
     """
     names = list(GRAPH_NAMES if graphs is None else graphs)
     unknown = [n for n in names if n not in GRAPH_NAMES]
     if unknown:
         raise ValueError(f"unknown graph(s) {unknown}; valid graphs: {', '.join(GRAPH_NAMES)}")
+    if qa_head is not None:
+        check_qa_head(model, qa_head)
     out: dict[str, ExportedGraph] = {}
     for i, name in enumerate(names, 1):
-        out[name] = graph = export_one(model, name, out_dir, validate=validate)
+        out[name] = graph = export_one(model, name, out_dir, validate=validate, qa_head=qa_head)
         logger.info(
             "[%d/%d] %s: %.2f MB, max abs diff %s, %.1f s",
             *(i, len(names), name, graph.path.stat().st_size / 1e6),

@@ -39,7 +39,7 @@ from egovlpv2_edge.compress._measure import (
     select_precision,
 )
 from egovlpv2_edge.compress.calibration import Feeds, graph_samples, load_calibration, stack
-from egovlpv2_edge.graphs import GRAPH_NAMES, GraphSpec, graph_specs
+from egovlpv2_edge.graphs import GRAPH_NAMES, GraphSpec
 from egovlpv2_edge.package import PrecisionCandidate, build_package, open_package
 
 logger = logging.getLogger(__name__)
@@ -336,7 +336,7 @@ def quantize_package(
     if unknown:
         raise QuantizationError(f"unknown graph(s) {unknown}; valid graphs: {', '.join(GRAPH_NAMES)}")
     src = open_package(package)
-    specs = graph_specs(src.config)
+    specs = src.specs  # with qa_logits when the fused graph has a QA head: its drift is gated like the VTM logits
     fp32 = {g: src.graph_path(g, REFERENCE) for g in GRAPH_NAMES}
     data = load_calibration(calibration, src.preprocessing, src.tokenizer(), texts=texts, max_clips=max_clips)
     samples = graph_samples(data, fp32, specs, threads=threads)

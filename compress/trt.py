@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from egovlpv2_edge.graphs import GraphSpec
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from egovlpv2_edge.model import EgoVLPv2
 
 logger = logging.getLogger(__name__)
@@ -195,6 +197,7 @@ def build_engines(
     profiles: Mapping[str, Profile] | None = None,
     fp16: bool = True,
     graphs: Sequence[str] | None = None,
+    qa_head: nn.Module | None = None,
 ) -> dict[str, Path]:
     """Compile graphs with Torch-TensorRT (dynamo) and save each as ``<graph>.ep`` (an ExportedProgram).
 
@@ -205,6 +208,7 @@ def build_engines(
         profiles: Graph -> batch profile (``Profile()`` when left out).
         fp16: Run the compiled graphs in FP16 (weights cast; inputs stay float32 at the boundary).
         graphs: Graph names to build; all when None.
+        qa_head: The QA head ``fused_upper`` returns ``qa_logits`` of (``specs`` must then list that output).
 
     Raises:
         TensorRTUnavailableError: No CUDA or no TensorRT; the message says what to install.
@@ -219,7 +223,7 @@ def build_engines(
     built = {}
     for name in graphs or list(specs):
         spec, profile = specs[name], (profiles or {}).get(name, Profile())
-        module = graph_module(model, name).eval().cuda()
+        module = graph_module(model, name, qa_head).eval().cuda()
         dtypes = [torch.int64 if t.dtype == "int64" else torch.float32 for t in spec.inputs]
         inputs = [
             trt.Input(

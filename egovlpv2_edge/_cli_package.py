@@ -4,7 +4,9 @@ Subcommands:
     verify  Check a package end to end (schema, files, sha256, graph interfaces, tokenizer); exit 1 on failure.
     info    Print a package's manifest summary: preset, graphs with precision/size/reason, preprocessing, metrics.
     build   Assemble a package by hand from a folder of ``<graph>.<precision>.onnx`` files (fp32 selected unless
-            ``--select`` says otherwise). Packages from a trained model come from the compress step.
+            ``--select`` says otherwise), with the answer vocabularies of ``answer_vocabs.json`` in that folder
+            (what ``egovlp compress export`` writes for a QA head) or ``--answer-vocabs``. Packages from a trained
+            model come from the compress step.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from egovlpv2_edge._package_qa import ANSWER_VOCABS_FILE, read_answer_vocabs
 from egovlpv2_edge.config import get_config, list_models
 from egovlpv2_edge.graphs import GRAPH_NAMES
 from egovlpv2_edge.package import (
@@ -54,6 +57,12 @@ def _build_parser() -> argparse.ArgumentParser:
     build.add_argument("--clip-seconds", type=float, default=2.0, help="clip window length (default %(default)s)")
     build.add_argument("--stride-seconds", type=float, default=1.0, help="step between clips (default %(default)s)")
     build.add_argument("--metrics", type=Path, help="JSON file: stage -> metric -> value (accuracy and speed)")
+    build.add_argument(
+        "--answer-vocabs",
+        type=Path,
+        help=f"JSON file: head name -> answer strings (default: {ANSWER_VOCABS_FILE} in --graphs-dir, if there); "
+        "a fused graph with qa_logits needs 'qa'",
+    )
     build.add_argument("--archive", action=argparse.BooleanOptionalAction, default=True, help="also write .egopkg")
     build.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace a package")
     return parser
@@ -108,6 +117,8 @@ def _build(args: argparse.Namespace) -> int:
         return 2
     graphs = scan_graphs_dir(args.graphs_dir)
     metrics = json.loads(args.metrics.read_text()) if args.metrics else None
+    vocab_file = args.answer_vocabs or args.graphs_dir / ANSWER_VOCABS_FILE
+    vocabs = read_answer_vocabs(vocab_file) if args.answer_vocabs or vocab_file.is_file() else None
     out = build_package(
         args.out,
         config=cfg,
@@ -115,6 +126,7 @@ def _build(args: argparse.Namespace) -> int:
         selected=_selection(graphs, args.select),
         tokenizer=args.tokenizer,
         preprocessing=Preprocessing.from_config(cfg, args.clip_seconds, args.stride_seconds),
+        answer_vocabs=vocabs,
         metrics=metrics,
         version=args.version,
         archive=args.archive,
@@ -154,7 +166,9 @@ def _summary(m: Manifest) -> str:
     lines.append("preprocessing: " + ", ".join(f"{k} {v}" for k, v in m.preprocessing.to_dict().items()))
     lines.append("fusion: " + ", ".join(f"{k} {v}" for k, v in m.fusion.items()))
     vocabs = ", ".join(f"{n} ({len(v)})" for n, v in m.answer_vocabs.items())
-    lines.append(f"tokenizer: {m.tokenizer.file}; answer vocabularies: {vocabs or 'none'}")
+    qa = m.qa_answers()
+    head = f"fused_upper returns qa_logits ({qa} answers)" if qa else "none (ask needs choices)"
+    lines.append(f"tokenizer: {m.tokenizer.file}; answer vocabularies: {vocabs or 'none'}; QA head: {head}")
     if m.providers:
         lines.append("provider settings: " + ", ".join(f"{n} ({e.file})" for n, e in m.providers.items()))
     lines.append("metrics:" + ("" if m.metrics else " none"))

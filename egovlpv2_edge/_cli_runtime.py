@@ -147,7 +147,8 @@ def main_ask(argv: list[str] | None = None) -> int:
     """``egovlp ask``: answer a question from the cached tokens of the best-matching recent clips."""
     p = _common("ask", "Answer a question with the fused layers (gates on) over recently indexed clips.")
     p.add_argument("question", help="e.g. 'what did C pick up?'")
-    p.add_argument("--choice", action="append", default=None, help="a candidate answer (repeatable)")
+    p.add_argument("--choice", action="append", default=None,
+                   help="a candidate answer (repeatable); without, the package's QA head answers")  # fmt: skip
     p.add_argument("-k", type=int, default=5, help="clips the fused layers look at (default %(default)s)")
     p.add_argument("--window", type=float, default=None, help="only clips of the last WINDOW seconds")
     return _guarded("ask", _ask, p.parse_args(argv))

@@ -5,12 +5,15 @@ precision), on held-out data:
 
 * EgoMCQ inter/intra accuracy with dual (cosine, gates off), fusion (VTM, gates on) and ensemble scoring;
 * QA multiple choice: each choice scored by the fused VTM head on "question choice" over the question's window;
+* QA without choices: the package's QA head (the fused graph's ``qa_logits``) on the question over its window,
+  top answer of the ``"qa"`` vocabulary against the truth (the teacher's fine-tuned head, the students' distilled
+  one);
 * text-to-video R@1/5/10 over the test clips (gates off);
 * clip-encoding latency (ms per clip at batch 1 and 8, ONNX Runtime CPU).
 
-The QA answer head lives in the PyTorch checkpoint (the exported fused graph has no ``qa_logits`` output yet), so
-its accuracy is measured on the QA-tuned teacher in PyTorch (``training.tasks.evaluate.evaluate_qa``).
-Decoded clips are cached per (frames, size) and shared by the models that read the same input.
+The QA-tuned teacher's head is also measured in PyTorch (``training.tasks.evaluate.evaluate_qa``, with its answer
+prior and per-type rows) beside the ONNX numbers. Decoded clips are cached per (frames, size) and shared by the
+models that read the same input.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ def _qa_items(data: Path, frames: int, size: int, limit: int) -> list[dict[str, 
 
     ds = QADataset(read_qa(ensure_task_files(data, "qa.json")), data / "videos", "test", frames, size, "eval",
                    read_meta(data))  # fmt: skip
-    items = [_numpy(ds[i]) for i in range(len(ds)) if ds.items[i].choices]
+    items = [_numpy(ds[i]) | {"answer_text": ds.items[i].answer} for i in range(len(ds)) if ds.items[i].choices]
     return items[:limit]
 
 
@@ -82,6 +85,18 @@ def qa_multiple_choice(encoder: Any, items: list[dict[str, Any]]) -> dict[str, f
     return {"accuracy": 100.0 * float(np.mean(right)) if right else 0.0, "chance": 100.0 * chance, "n": len(right)}
 
 
+def qa_head(encoder: Any, items: list[dict[str, Any]], vocab: list[str]) -> dict[str, float]:
+    """Percent of QA questions whose top ``qa_logits`` answer over the question's window is the truth."""
+    from egovlpv2_edge.graphs import QA_OUTPUT
+
+    right = []
+    for it in items:
+        tokens = encoder.encode_clips(it["video"][None]).tokens  # (1, T, Dv)
+        logits = encoder.fused(tokens, it["question"])[QA_OUTPUT][0]  # (A,)
+        right.append(vocab[int(np.argmax(logits))] == it["answer_text"])
+    return {"accuracy": 100.0 * float(np.mean(right)) if right else 0.0, "n": len(right)}
+
+
 def recall(encoder: Any, clips: list[dict[str, Any]]) -> dict[str, float]:
     """Text-to-video R@1/5/10 (percent) over the test clips; a hit is the narration's own clip."""
     V = np.concatenate([encoder.encode_clips(np.stack([c["video"] for c in clips[i : i + 8]])).embeddings
@@ -121,12 +136,14 @@ def _package_eval(path: Path, data: Path, limit: int, cache: dict[tuple[int, int
                       "clips": _test_clips(data, *key)}  # fmt: skip
     c = cache[key]
     selected = package.graph_paths
+    vocab = package.answer_vocab("qa") if package.manifest.qa_answers() else None
     return {
         "package": str(path),
         "precision": {g: e.selected for g, e in package.manifest.graphs.items()},
         "graph_bytes": int(sum(Path(p).stat().st_size for p in selected.values())),
         "egomcq": egomcq(encoder, c["mcq"]),
         "qa_mc": qa_multiple_choice(encoder, c["qa"]),
+        "qa_head": None if vocab is None else qa_head(encoder, c["qa"], vocab),
         "recall": recall(encoder, c["clips"]),
         "latency": clip_latency(encoder, c["mcq"][0]["video"]),
     }

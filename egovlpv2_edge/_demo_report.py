@@ -22,16 +22,17 @@ def _accuracy(ev: dict[str, Any]) -> list[str]:
         f"QA multiple choice by VTM over {ev['teacher']['qa_mc']['n']} test questions, chance "
         f"{ev['teacher']['qa_mc']['chance']:.0f}%; text-to-video over {ev['teacher']['recall']['clips']} test clips):",
         "",
-        "| stage | EgoMCQ inter | EgoMCQ intra | QA (MC, VTM) | R@1 | R@5 | R@10 | graphs MB | ms/clip b1 "
-        "| ms/clip b8 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| stage | EgoMCQ inter | EgoMCQ intra | QA (MC, VTM) | QA (head) | R@1 | R@5 | R@10 | graphs MB "
+        "| ms/clip b1 | ms/clip b8 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, name in ROWS:
         r = ev[key]
         m, rec, lat = r["egomcq"]["ensemble"], r["recall"], r["latency"]
+        head = f"{r['qa_head']['accuracy']:.1f}" if r.get("qa_head") else "-"
         lines.append(
-            f"| {name} | {m['inter']:.1f} | {m['intra']:.1f} | {r['qa_mc']['accuracy']:.1f} | {rec['R@1']:.1f} | "
-            f"{rec['R@5']:.1f} | {rec['R@10']:.1f} | {r['graph_bytes'] / 1e6:.1f} | "
+            f"| {name} | {m['inter']:.1f} | {m['intra']:.1f} | {r['qa_mc']['accuracy']:.1f} | {head} | "
+            f"{rec['R@1']:.1f} | {rec['R@5']:.1f} | {rec['R@10']:.1f} | {r['graph_bytes'] / 1e6:.1f} | "
             f"{lat['batch1_ms_per_clip']:.2f} | {lat['batch8_ms_per_clip']:.2f} |"
         )
     lines += ["", "EgoMCQ by scoring, inter/intra (the table shows the ensemble):"]
@@ -39,7 +40,8 @@ def _accuracy(ev: dict[str, Any]) -> list[str]:
         mcq = ev[key]["egomcq"]
         lines.append(f"- {name}: " + ", ".join(f"{s} {mcq[s]['inter']:.1f}/{mcq[s]['intra']:.1f}" for s in SCORINGS))
     head = ev["teacher_qa_head"]
-    lines += ["", f"QA answer head of the QA-tuned teacher (PyTorch, {head['task']}):"]
+    lines += ["", "QA (head): the package's QA head (fused graph's qa_logits) without choices, same questions.",
+              f"QA answer head of the QA-tuned teacher in PyTorch ({head['task']}):"]  # fmt: skip
     lines += [f"- {row}: " + ", ".join(f"{k} {v:.1f}" for k, v in vals.items()) for row, vals in head["rows"].items()]
     return lines
 
@@ -75,11 +77,16 @@ def _stream(demo: Any) -> list[str]:
         top = r["moments"][0] if r["moments"] else {"start": float("nan"), "end": float("nan")}
         lines.append(f'- "{r["query"]}" ({r["occurrences"]} occurrences): top {top["start"]:.0f}-{top["end"]:.0f} s, '
                      f"hit@1 {r['hit_at_1']}, hit@5 {r['hit_at_k']}, {r['search_ms']:.1f} ms")  # fmt: skip
-    lines += ["", "Questions (ask with choices, fused VTM over the best-matching clips' cached tokens):"]
+    lines += ["", "Questions (ask with choices: fused VTM over the best-matching clips' cached tokens; without "
+              "choices: the package's QA head over the same clips):"]  # fmt: skip
     for r in a["questions"]:
         verdict = "right" if r["correct"] else f"wrong (truth: {r['truth']})"
-        lines.append(f'- "{r["question"]}" -> {r["answer"]} ({100 * r["confidence"]:.0f}%), {verdict}, '
-                     f"{r['ask_ms']:.0f} ms")  # fmt: skip
+        line = f'- "{r["question"]}" -> {r["answer"]} ({100 * r["confidence"]:.0f}%), {verdict}, {r["ask_ms"]:.0f} ms'
+        if r.get("free"):
+            f = r["free"]
+            line += (f"; without choices -> {f['answer']} ({100 * f['confidence']:.0f}%), "
+                     f"{'right' if f['correct'] else 'wrong'}, {f['ask_ms']:.0f} ms")  # fmt: skip
+        lines.append(line)
     lines.append(f"- ask without choices: {a['qa_head']}")
     return lines
 

@@ -6,9 +6,10 @@ sampler -> batched ONNX Runtime encoder (the quantized student package) -> clip 
 (lossless). The real-time factor is the video's length over the wall time.
 
 ``stage_ask`` reopens the index without a source and asks it things: ``search`` (gates off) for narrations that
-occur in the day, scored against where they really occur, and ``ask`` (gates on) for held-out QA questions with
-their choices (the fused VTM head scores each "question choice"; without choices ``ask`` needs a QA head in the
-package). No torch in this stage's code path. ``retrieved_moments.png`` shows the moments and answers.
+occur in the day, scored against where they really occur, and ``ask`` (gates on) for held-out QA questions, once
+with their choices (the fused VTM head scores each "question choice") and once free-form, without choices (the
+package's QA head, the distilled student's, answers from its vocabulary). No torch in this stage's code path.
+``retrieved_moments.png`` shows the moments and answers.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ def _questions(rt: Any, data: Path, pieces: list[dict[str, Any]]) -> list[dict[s
             picked.append(q)
             seen.add(q["type"])
     picked = (picked + [q for q in inside if q not in picked])[:QUESTION_COUNT]
-    out = []
+    out, no_head = [], None
     for q in picked:
         t0 = time.perf_counter()
         a = rt.ask(q["question"], choices=q["choices"], k=TOP_K)
@@ -157,12 +158,26 @@ def _questions(rt: Any, data: Path, pieces: list[dict[str, Any]]) -> list[dict[s
         out.append({"question": q["question"], "type": q["type"], "choices": q["choices"], "truth": q["answer"],
                     "answer": a.answer, "confidence": a.confidence, "correct": a.answer == q["answer"], "ask_ms": ms,
                     "moments": [_moment(m, _overlaps(m, span)) for m in a.evidence[:SHOW]]})  # fmt: skip
-    try:
-        rt.ask(picked[0]["question"] if picked else "what did I do?")
-        head = "answered by the package's QA head"
-    except NoQAHeadError as err:
-        head = f"no QA head in the package: {err}"
+        if no_head is None:
+            try:
+                out[-1]["free"] = _free_answer(rt, q["question"], q["answer"])
+            except NoQAHeadError as err:
+                no_head = str(err)
+    free = [r["free"] for r in out if "free" in r]
+    if no_head is not None or not free:
+        head = f"no QA head in the package: {no_head or 'no question asked'}"
+    else:
+        head = f"the package's QA head answered {sum(f['correct'] for f in free)}/{len(free)} right, free-form"
     return out + [{"qa_head": head}]
+
+
+def _free_answer(rt: Any, question: str, truth: str) -> dict[str, Any]:
+    """``ask`` without choices: the package's QA head answers from its vocabulary."""
+    t0 = time.perf_counter()
+    a = rt.ask(question, k=TOP_K)
+    ms = 1e3 * (time.perf_counter() - t0)
+    return {"answer": a.answer, "confidence": a.confidence, "correct": a.answer == truth, "ask_ms": ms,
+            "top": [list(s) for s in a.scores[:3]]}  # fmt: skip
 
 
 def stage_ask(demo: Any) -> None:

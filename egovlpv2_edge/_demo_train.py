@@ -76,8 +76,9 @@ def checkpoint(demo: Any, model: str) -> Path:
 
 
 def stage_export(demo: Any) -> None:
-    """Export the five gate-switch graphs of student and teacher to ONNX, each validated against PyTorch."""
-    from egovlpv2_edge.compress.export import export_all
+    """Export the five gate-switch graphs of student and teacher to ONNX, each validated against PyTorch; the fused
+    graph carries the checkpoint's QA head (``qa_logits``), its answers written beside as ``answer_vocabs.json``."""
+    from egovlpv2_edge.compress.export import checkpoint_qa_head, export_all, write_answer_vocabs
     from egovlpv2_edge.training.tasks.checkpoint import load_backbone
 
     tmp = demo.path("graphs.partial")
@@ -85,15 +86,26 @@ def stage_export(demo: Any) -> None:
     report: dict[str, Any] = {}
     for name in MODELS:
         model, _ = load_backbone(checkpoint(demo, name))
-        exported = export_all(model, tmp / name)
+        qa = checkpoint_qa_head(checkpoint(demo, name))  # the teacher's fine-tuned head, the student's distilled one
+        exported = export_all(model, tmp / name, qa_head=None if qa is None else qa.head)
+        if qa is not None:
+            write_answer_vocabs(tmp / name, qa.answers)
         report[name] = {g: {"max_abs_diff": e.max_abs_diff, "seconds": e.seconds} for g, e in exported.items()}
+        report[name]["qa_head"] = {"answers": 0 if qa is None else len(qa.answers)}
     (tmp / "export.json").write_text(json.dumps(report, indent=2))
     shutil.rmtree(demo.path("graphs"), ignore_errors=True)
     tmp.rename(demo.path("graphs"))
 
 
-def _qa_vocab(path: Path) -> dict[str, list[str]]:
+def _qa_vocab(path: Path, graphs: Path) -> dict[str, list[str]]:
+    """The answers the export wrote beside a fused graph with a QA head, else the checkpoint's (without a head
+    the package keeps them for reference: ``ask`` then needs choices)."""
     import torch
+
+    from egovlpv2_edge._package_qa import ANSWER_VOCABS_FILE, read_answer_vocabs
+
+    if (graphs / ANSWER_VOCABS_FILE).is_file():
+        return read_answer_vocabs(graphs / ANSWER_VOCABS_FILE)
 
     task = torch.load(path, map_location="cpu", weights_only=True).get("task") or {}
     answers = (task.get("vocab") or {}).get("answers")
@@ -119,7 +131,7 @@ def stage_package(demo: Any) -> None:
             selected={g: ("fp32", "fp32: the exported reference") for g in GRAPH_NAMES},
             tokenizer=ckpt.parent / "tokenizer.json",
             preprocessing=Preprocessing.from_config(cfg, clip_seconds=2.0, stride_seconds=1.0),
-            answer_vocabs=_qa_vocab(ckpt),
+            answer_vocabs=_qa_vocab(ckpt, demo.path("graphs") / name),
             source_checkpoint=ckpt,
             overwrite=True,
         )

@@ -16,7 +16,7 @@ from egovlpv2_edge._archive import unsafe_path
 from egovlpv2_edge._package_errors import REBUILD as _REBUILD
 from egovlpv2_edge._package_errors import ManifestError, SchemaVersionError
 from egovlpv2_edge.config import ModelConfig
-from egovlpv2_edge.graphs import TensorSpec
+from egovlpv2_edge.graphs import TensorSpec, qa_answer_count
 
 SCHEMA_VERSION = 1  # bump on any incompatible manifest change
 SUPPORTED_SCHEMA_VERSIONS = (1,)
@@ -289,6 +289,18 @@ class Manifest:
         """Every listed file: graphs (manifest order), tokenizer, heads, provider settings."""
         out = [e for g in self.graphs.values() for e in g.files.values()]
         return out + [self.tokenizer, *self.heads.values(), *self.providers.values()]
+
+    def qa_answers(self) -> int | None:
+        """Answer count of the QA head the fused graph carries (its ``qa_logits`` output), or None without one.
+
+        Raises:
+            ManifestError: The output is recorded with a shape other than ``(batch, A)``.
+        """
+        fused = self.graphs.get("fused_upper")
+        try:
+            return None if fused is None else qa_answer_count(fused.outputs)
+        except ValueError as err:
+            raise ManifestError(f"graph 'fused_upper': {err}; {_REBUILD}") from err
 
     def selected(self) -> dict[str, FileEntry]:
         """Graph name -> the file of its selected precision."""

@@ -30,5 +30,9 @@ class GraphMismatchError(PackageError):
     """A graph's ONNX inputs/outputs differ from the manifest (or the manifest from the graph specs)."""
 
 
+class AnswerVocabError(PackageError):
+    """A graph's QA head and the package's ``"qa"`` answer vocabulary disagree (missing, or another size)."""
+
+
 class UnsafeArchiveError(PackageError):
     """An ``.egopkg`` member would escape the extraction folder or is not a regular file."""

@@ -29,6 +29,11 @@ class VideoConfig:
     ln_eps: float = 1e-5  # LayerNorm eps of every video norm (reference Sec. 8)
     drop_path: float = 0.0  # stochastic depth rate at the last block (linear ramp)
     dense_attention_max_tokens: int = 256  # up to this many tokens, divided attention runs as one masked attention
+    motion_stem: bool = False  # patch embedding also sees each frame minus the previous one (6 input channels)
+    # time-attention init. "reference": qkv 0, proj weight 1 (outputs 0; the LayerNorm after it cancels the
+    # constant shift, so from scratch the branch gets no gradient); "zero_proj": qkv N(0, 0.02), proj weight 0
+    # (outputs 0 and trains). Only matters without pretrained weights.
+    time_init: Literal["reference", "zero_proj"] = "reference"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # RGB normalisation mean
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # RGB normalisation std
 

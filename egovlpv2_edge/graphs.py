@@ -11,17 +11,23 @@ The graphs (arXiv 2307.05463, Sec. 3; the split is this project's):
 ``video_upper``   those tokens -> L2-normalised dual video embedding (gates off)
 ``text_lower``    token ids + mask -> hidden states entering the first fused text layer
 ``text_upper``    those states + mask -> L2-normalised dual text embedding (gates off)
-``fused_upper``   video tokens + text states + mask -> VTM logits and fused CLS features (gates on)
+``fused_upper``   video tokens + text states + mask -> VTM logits and fused CLS features (gates on), plus the
+                  answer logits ``qa_logits`` when the model was exported with a QA head (EgoTaskQA head on the
+                  fused video CLS, reference Sec. 3 downstream usage)
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from egovlpv2_edge.config import ModelConfig
 
 OPSET = 18
 GRAPH_NAMES = ("video_lower", "video_upper", "text_lower", "text_upper", "fused_upper")
+QA_OUTPUT = "qa_logits"  # the optional fused_upper output of a QA head: (batch, num_answers)
+QA_VOCAB = "qa"  # the package's answer vocabulary of that head (index = class id)
 
 Dim = int | str  # a fixed size, or the name of a dynamic axis
 
@@ -74,15 +80,44 @@ class GraphSpec:
         return [t.name for t in self.outputs]
 
 
-def graph_specs(cfg: ModelConfig) -> dict[str, GraphSpec]:
+class _Named(Protocol):
+    name: str
+    shape: tuple[Dim, ...]
+
+
+def qa_answer_count(outputs: Iterable[_Named]) -> int | None:
+    """The answer count of the :data:`QA_OUTPUT` among a fused graph's outputs, or None when it has none.
+
+    Works on :class:`TensorSpec` and on the manifest's ``TensorInfo`` alike.
+
+    Raises:
+        ValueError: The output is there but not ``(batch, A)`` with a fixed ``A >= 2``.
+    """
+    for t in outputs:
+        if t.name == QA_OUTPUT:
+            shape = tuple(t.shape)
+            if len(shape) != 2 or not isinstance(shape[0], str) or isinstance(shape[1], str) or shape[1] < 2:
+                raise ValueError(f"{QA_OUTPUT} must have shape ('batch', num_answers >= 2), got {shape}")
+            return int(shape[1])
+    return None
+
+
+def graph_specs(cfg: ModelConfig, qa_answers: int | None = None) -> dict[str, GraphSpec]:
     """The specs of every graph for a model config.
 
     Args:
         cfg: The model's architecture.
+        qa_answers: Answer count of a QA head exported with the fused graph: ``fused_upper`` then also returns
+            :data:`QA_OUTPUT` ``(batch, qa_answers)``. None: no QA head.
 
     Returns:
         Specs keyed by graph name, in :data:`GRAPH_NAMES` order.
+
+    Raises:
+        ValueError: ``qa_answers`` is below 2.
     """
+    if qa_answers is not None and (isinstance(qa_answers, bool) or qa_answers < 2):
+        raise ValueError(f"qa_answers={qa_answers!r}; a QA head needs at least 2 answers (None: no QA head)")
     v, t, h = cfg.video, cfg.text, cfg.heads
     T = 1 + v.num_frames * v.num_patches
     L = t.max_length
@@ -96,6 +131,13 @@ def graph_specs(cfg: ModelConfig) -> dict[str, GraphSpec]:
         lower_out.append(TensorSpec("fusion_video_tokens", "float32", ("batch", T, v.width)))
     fused_name = "fusion_video_tokens" if cfg.fusion.separate_cls else "video_tokens"
     fused_video = TensorSpec(fused_name, "float32", video_tokens.shape)
+    fused_out = [
+        TensorSpec("vtm_logits", "float32", ("batch", 2)),
+        TensorSpec("fused_video_cls", "float32", ("batch", v.width)),
+        TensorSpec("fused_text_cls", "float32", ("batch", t.width)),
+    ]
+    if qa_answers is not None:
+        fused_out.append(TensorSpec(QA_OUTPUT, "float32", ("batch", int(qa_answers))))
     specs = [
         GraphSpec("video_lower", (frames,), tuple(lower_out)),
         GraphSpec("video_upper", (video_tokens,), (TensorSpec("video_embedding", "float32", ("batch", h.embed_dim)),)),
@@ -103,14 +145,6 @@ def graph_specs(cfg: ModelConfig) -> dict[str, GraphSpec]:
         GraphSpec(
             "text_upper", (text_tokens, mask), (TensorSpec("text_embedding", "float32", ("batch", h.embed_dim)),)
         ),
-        GraphSpec(
-            "fused_upper",
-            (fused_video, text_tokens, mask),
-            (
-                TensorSpec("vtm_logits", "float32", ("batch", 2)),
-                TensorSpec("fused_video_cls", "float32", ("batch", v.width)),
-                TensorSpec("fused_text_cls", "float32", ("batch", t.width)),
-            ),
-        ),
+        GraphSpec("fused_upper", (fused_video, text_tokens, mask), tuple(fused_out)),
     ]
     return {s.name: s for s in specs}

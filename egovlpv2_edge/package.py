@@ -71,6 +71,7 @@ from egovlpv2_edge._manifest import (
 from egovlpv2_edge._package_errors import REBUILD as _REBUILD
 from egovlpv2_edge._package_errors import RECOPY as _RECOPY
 from egovlpv2_edge._package_errors import (
+    AnswerVocabError,
     ChecksumError,
     GraphMismatchError,
     ManifestError,
@@ -79,8 +80,9 @@ from egovlpv2_edge._package_errors import (
     SchemaVersionError,
     UnsafeArchiveError,
 )
+from egovlpv2_edge._package_qa import check_qa_vocab, qa_answers_in_files
 from egovlpv2_edge.config import ModelConfig
-from egovlpv2_edge.graphs import GRAPH_NAMES, graph_specs
+from egovlpv2_edge.graphs import GRAPH_NAMES, GraphSpec, graph_specs
 from egovlpv2_edge.runconfig import git_revision as _git_revision
 
 if TYPE_CHECKING:
@@ -89,6 +91,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ARCHIVE_SUFFIX",
     "GATE_SEMANTICS",
+    "AnswerVocabError",
     "MANIFEST_FILE",
     "SCHEMA_VERSION",
     "SUPPORTED_SCHEMA_VERSIONS",
@@ -169,7 +172,8 @@ def build_package(
         selected: Graph name -> (precision the runtime uses, why it was chosen).
         tokenizer: A ``tokenizer.json`` file.
         preprocessing: Preprocessing spec; must agree with ``config``.
-        answer_vocabs: Head name -> answer strings, stored in the manifest.
+        answer_vocabs: Head name -> answer strings, stored in the manifest. A fused graph with a QA head
+            (``qa_logits``) needs ``"qa"`` with one string per answer.
         heads: Name -> extra JSON file, stored as ``heads/<name>.json``.
         providers: Name -> execution-provider settings JSON, stored as ``providers/<name>.json`` (e.g. the
             ``tensorrt`` file of ``egovlp compress trt``).
@@ -191,13 +195,14 @@ def build_package(
     out = Path(out_dir)
     _check_build_args(out, config, graphs, selected, preprocessing, version)
     extra = [tokenizer, *(heads or {}).values(), *(providers or {}).values()]
-    entries = _checked_graph_entries(config, graphs, selected, extra, candidates or {}, measured_on)
+    entries, qa_answers = _checked_graph_entries(config, graphs, selected, extra, candidates or {}, measured_on)
     _check_tokenizer(Path(tokenizer), preprocessing.text_max_length, config)
     vocabs, sha, checked = (
         _check_vocabs(answer_vocabs or {}),
         _checkpoint_sha(source_checkpoint),
         _check_metrics(metrics or {}),
     )
+    check_qa_vocab(qa_answers, vocabs)
     _prepare_out_dir(out, overwrite)
     manifest = _copy_files(out, config, preprocessing, entries, graphs, tokenizer, heads or {}, version)
     manifest = dataclasses.replace(
@@ -265,19 +270,21 @@ def _checked_graph_entries(
     other_files: Sequence[str | Path],
     candidates: Mapping[str, Sequence[PrecisionCandidate]],
     measured_on: str,
-) -> dict[str, GraphEntry]:
-    """Manifest entries (hashes still empty) after checking every source file exists and every interface."""
+) -> tuple[dict[str, GraphEntry], int | None]:
+    """Manifest entries (hashes still empty) after checking every source file exists and every interface, and the
+    answer count of the fused graph's QA head (None without one)."""
     sources = [Path(p) for p in other_files] + [Path(p) for g in graphs.values() for p in g.values()]
     missing = [str(p) for p in sources if not p.is_file()]
     if missing:
         raise MissingFileError(f"package input file(s) not found: {missing}; check the paths passed to the build")
-    specs = graph_specs(config)
+    qa_answers = qa_answers_in_files(graphs["fused_upper"].values())
+    specs = graph_specs(config, qa_answers)
     entries = {}
     for name in GRAPH_NAMES:
         entries[name] = _graph_entry(specs[name], graphs[name], selected[name], candidates.get(name, ()), measured_on)
         for src in graphs[name].values():
             check_graph_file(name, entries[name], Path(src), str(src))
-    return entries
+    return entries, qa_answers
 
 
 def _check_build_args(
@@ -573,9 +580,10 @@ def verify_package(path: str | Path, *, check_interfaces: bool = True) -> Verify
     """Check a package directory or ``.egopkg`` archive end to end.
 
     Checks, in order: the schema version; that every graph of :data:`~graphs.GRAPH_NAMES` is present with a
-    selected precision and that the manifest agrees with the graph specs of its config; that every listed file
-    exists; each file's size and sha256; each graph file's real ONNX inputs/outputs (names, element types, static
-    dims, dynamic batch) against the manifest; that the tokenizer loads and fits the model's vocabulary.
+    selected precision and that the manifest agrees with the graph specs of its config (with the QA head when the
+    fused graph has ``qa_logits``, whose answer count must match the ``"qa"`` answer vocabulary); that every listed
+    file exists; each file's size and sha256; each graph file's real ONNX inputs/outputs (names, element types,
+    static dims, dynamic batch) against the manifest; that the tokenizer loads and fits the model's vocabulary.
 
     Args:
         path: A package directory or archive (extracted to a temporary directory and removed afterwards).
@@ -645,7 +653,9 @@ def _check_manifest(manifest: Manifest) -> ModelConfig:
     except ValueError as err:
         raise ManifestError(f"manifest config is invalid ({err}); {_REBUILD}") from err
     _check_consistency(manifest.preprocessing, cfg)
-    for name, spec in graph_specs(cfg).items():
+    qa_answers = manifest.qa_answers()
+    check_qa_vocab(qa_answers, manifest.answer_vocabs)
+    for name, spec in graph_specs(cfg, qa_answers).items():
         entry = manifest.graphs[name]
         for kind, want, have in (("inputs", spec.inputs, entry.inputs), ("outputs", spec.outputs, entry.outputs)):
             expected = tuple(TensorInfo.from_spec(t) for t in want)
@@ -697,6 +707,11 @@ class ModelPackage:
     def config(self) -> ModelConfig:
         """The model config."""
         return self.manifest.model_config()
+
+    @property
+    def specs(self) -> dict[str, GraphSpec]:
+        """The graph specs of this package: its config's, with ``qa_logits`` when the fused graph has a QA head."""
+        return graph_specs(self.config, self.manifest.qa_answers())
 
     @property
     def preprocessing(self) -> Preprocessing:

@@ -6,7 +6,8 @@ One :class:`PackageEncoder` holds a session per graph of a verified package (``e
   -> L2-normalised clip embeddings (gates off);
 * ``encode_texts``: texts -> ``text_lower`` -> ``text_upper`` -> embeddings, cached per text;
 * ``match``: cached clip tokens + a text -> ``fused_upper`` -> the VTM match probability (gates on), running only
-  the top layers (``fused`` gives the graph's raw outputs).
+  the top layers (``fused`` gives the graph's raw outputs, ``qa_logits`` among them when the package has a QA
+  head).
 
 Query texts: longer than :data:`MAX_QUERY_CHARS` characters is rejected with :class:`QueryError` (a 1 MB paste
 is a mistake, not a query); a text with more tokens than the package's ``text_max_length`` is truncated to its
@@ -27,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from egovlpv2_edge.graphs import graph_specs
 from egovlpv2_edge.package import ModelPackage
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class PackageEncoder:
         import onnxruntime as ort
 
         self.package = package
-        self.specs = graph_specs(package.config)
+        self.specs = package.specs  # fused_upper lists qa_logits when the package has a QA head
         self.tokenizer = package.tokenizer()
         opts = ort.SessionOptions()
         if threads:

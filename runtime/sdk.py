@@ -9,7 +9,10 @@ anything (arXiv 2307.05463, Sec. 3):
 * ``ask`` runs with the gates on: the fused top layers over the cached tokens of the best-matching (or, with
   ``window``, the most recent) clips. With ``choices`` each choice is scored by the fused VTM head on
   "question choice"; without, the package needs a QA head (an answer vocabulary ``"qa"`` and a fused graph with
-  a ``qa_logits`` output), else :class:`NoQAHeadError` says to pass choices.
+  a ``qa_logits`` output, exported from a fine-tuned or distilled checkpoint), else :class:`NoQAHeadError` says
+  to pass choices. The QA head's answer distributions of the evidence clips are averaged, each clip weighted by
+  how well it matches the question (softmax over the clips' VTM log-odds), so clips that show what is asked
+  about decide the answer and an unrelated clip among the ``k`` counts for little.
 
 The index remembers which package wrote it (``package.json`` beside the index files): embeddings of different
 models are not comparable, so opening an index with another package raises :class:`PackageMismatchError`.
@@ -28,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from egovlpv2_edge.graphs import QA_OUTPUT, QA_VOCAB
 from egovlpv2_edge.package import ModelPackage, PackageError, open_package
 from egovlpv2_edge.runtime._fileio import atomic_write_bytes
 from egovlpv2_edge.runtime._metrics import LatencyRecorder, LatencyStats, rss_bytes
@@ -38,8 +42,6 @@ from egovlpv2_edge.runtime.sources import CaptureFactory, ReconnectPolicy, open_
 
 log = logging.getLogger(__name__)
 
-QA_VOCAB = "qa"  # answer vocabulary name of the QA head
-QA_OUTPUT = "qa_logits"  # fused graph output of the QA head
 _PACKAGE_FILE = "package.json"
 
 
@@ -153,7 +155,10 @@ class EdgeRuntime:
             question: The question, e.g. ``"what did I pick up?"``.
             choices: Candidate answers; each is scored by the fused VTM head on ``"question choice"`` (words at
                 the start of the question give way when the pair is longer than the model reads). Required
-                unless the package has a QA head.
+                unless the package has a QA head; without them the head answers from its vocabulary: per clip
+                ``softmax(qa_logits)``, averaged over the evidence clips weighted by ``softmax`` of their VTM
+                log-odds with the question (``confidence`` is that mixture's top probability, ``scores`` its top 5,
+                ``evidence`` the clips by match).
             k: How many clips the fused layers look at (the best matches among clips whose tokens are cached).
             window: Only clips ending in the last ``window`` seconds before the newest clip.
 
@@ -227,6 +232,7 @@ class EdgeRuntime:
         return " ".join([*words, choice])
 
     def _ask_head(self, question: str, vocab: list[str], hits: list[Hit], tokens: np.ndarray) -> Answer:
+        """The QA head's answer: per-clip answer distributions mixed by how well each clip matches the question."""
         out = self.encoder.fused(tokens, question)
         match = _log_odds(out["vtm_logits"])  # (B,)
         weights = _softmax(match)  # clips that match the question better count more

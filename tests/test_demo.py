@@ -30,6 +30,7 @@ def _check_outputs(out) -> None:
     ev = json.loads((out / "eval.json").read_text())
     for key in ("teacher", "student", "student_int8"):
         assert set(ev[key]["egomcq"]["ensemble"]) == {"inter", "intra"} and ev[key]["qa_mc"]["n"] > 0
+        assert ev[key]["qa_head"]["n"] == ev[key]["qa_mc"]["n"], "every package answers with its QA head"
         assert 0 <= ev[key]["recall"]["R@1"] <= ev[key]["recall"]["R@10"] <= 100
     assert ev["teacher_qa_head"]["rows"], "the QA head of the tuned teacher is evaluated"
     stream = json.loads((out / "stream/stream.json").read_text())
@@ -37,6 +38,9 @@ def _check_outputs(out) -> None:
     answers = json.loads((out / "answers.json").read_text())
     assert len(answers["searches"]) == 4 and all(s["moments"] for s in answers["searches"])
     assert answers["questions"] and all(q["answer"] in q["choices"] for q in answers["questions"])
+    vocab = json.loads((out / "packages/student_edge/manifest.json").read_text())["answer_vocabs"]["qa"]
+    assert all(q["free"]["answer"] in vocab for q in answers["questions"]), "ask without choices: the QA head"
+    assert answers["qa_head"].startswith("the package's QA head answered")
     report = (out / "report.md").read_text()
     for text in ("Schedules used: videos=6", "edge student, quantized", "real-time factor", "curves.png"):
         assert text in report, text

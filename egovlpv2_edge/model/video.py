@@ -162,7 +162,8 @@ class VideoEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.num_fused = num_fused
-        self.patch_embed = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size)
+        in_chans = 6 if cfg.motion_stem else 3
+        self.patch_embed = nn.Conv2d(in_chans, cfg.width, cfg.patch_size, stride=cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.num_patches, cfg.width))
         self.temporal_embed = nn.Parameter(torch.zeros(1, cfg.num_frames, cfg.width))
@@ -188,6 +189,9 @@ class VideoEncoder(nn.Module):
             )
         if H != self.cfg.img_size or W != self.cfg.img_size:
             raise ValueError(f"frames are {H}x{W} but the model expects {self.cfg.img_size}x{self.cfg.img_size}")
+        if self.cfg.motion_stem:
+            prev = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)  # the first frame is its own predecessor
+            frames, C = torch.cat([frames, frames - prev], dim=2), 2 * C  # (B, F, 6, H, W)
         x = self.patch_embed(frames.reshape(B * F_, C, H, W))  # (B*F, D, g, g)
         N, D = x.shape[2] * x.shape[3], x.shape[1]
         x = x.flatten(2).transpose(1, 2).reshape(B, F_ * N, D)  # (B, F*N, D)
@@ -209,19 +213,31 @@ class VideoEncoder(nn.Module):
         return self.norm(tokens)[:, 0]
 
     def init_weights(self) -> None:
-        """Reference init: N(0, 0.02) embeddings, zero temporal embedding, time attention that outputs 0."""
+        """N(0, 0.02) embeddings, zero temporal embedding, time attention that outputs 0 (``cfg.time_init``)."""
         nn.init.normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.zeros_(self.temporal_embed)
         for block in self.blocks:
-            reset_time_attention(block.time_attn)
+            reset_time_attention(block.time_attn, self.cfg.time_init)
 
 
-def reset_time_attention(attn: DividedAttention) -> None:
-    """``time_init='zeros'``: qkv weight and bias 0, proj weight 1, proj bias 0, so the branch outputs 0."""
+def reset_time_attention(attn: DividedAttention, mode: str = "reference") -> None:
+    """Make the time branch output 0.
+
+    ``"reference"`` (``time_init='zeros'``): qkv weight and bias 0, proj weight 1, proj bias 0. The output is then
+    a per-token constant across channels, which the next LayerNorm removes, so its gradient is 0 as well: fine on
+    top of pretrained weights, dead from scratch. ``"zero_proj"``: qkv N(0, 0.02), proj weight and bias 0; the
+    output is still 0 but the proj weight gets a gradient at once.
+    """
     with torch.no_grad():
-        attn.qkv.weight.zero_()
         if attn.qkv.bias is not None:
             attn.qkv.bias.zero_()
-        attn.proj.weight.fill_(1.0)
         attn.proj.bias.zero_()
+        if mode == "zero_proj":
+            nn.init.normal_(attn.qkv.weight, std=0.02)
+            attn.proj.weight.zero_()
+        elif mode == "reference":
+            attn.qkv.weight.zero_()
+            attn.proj.weight.fill_(1.0)
+        else:
+            raise ValueError(f"unknown time_init {mode!r}; use 'reference' or 'zero_proj'")

@@ -361,7 +361,11 @@ def test_qa_head_of_finetuned_checkpoints_is_distilled_and_carried(setup, tmp_pa
 
     tok = setup["teacher"].parent / "tokenizer.json"
     vocab, teacher, student = {"answers": ["cup", "bowl", "knife"]}, create_model("egovlpv2_test"), _student()
-    t_path = save_finetuned(tmp_path / "t.pt", teacher, tok, "qa", "fusion", QAHead(32, 3), vocab, {}, {}, 5)
+    t_head = QAHead(32, 3)
+    with torch.no_grad():  # logits well above float noise (the init's are ~1e-3: their KL rounds to +-1e-8)
+        for p in t_head.parameters():
+            p.normal_(0.0, 1.0)
+    t_path = save_finetuned(tmp_path / "t.pt", teacher, tok, "qa", "fusion", t_head, vocab, {}, {}, 5)
     s_path = save_finetuned(tmp_path / "s.pt", student, tok, "qa", "fusion", QAHead(16, 3), vocab, {}, {}, 5)
     out = tmp_path / "run"
     common = [c for c in _common(setup) if not c.startswith("teacher=")]
@@ -379,3 +383,82 @@ def test_cli_reports_bad_input(setup, tmp_path, capsys) -> None:
     assert "does not exist" in capsys.readouterr().err
     assert distill_main(["--teacher", str(setup["teacher"]), *args, "batch_sise=4"]) == 2
     assert "unknown key" in capsys.readouterr().err
+
+
+# ----- the QA head: a fresh student head, distilled on QA questions ------------------------------------------------
+
+
+def _questions(n: int = 4, seed: int = 1) -> dict[str, torch.Tensor]:
+    q = _batch(n, seed)
+    return {"video": q["video"], "ids": q["input_ids"], "mask": q["attention_mask"], "t_ids": q["input_ids"],
+            "t_mask": q["attention_mask"]}  # fmt: skip
+
+
+def test_qa_head_kl_on_questions_is_zero_for_a_copy_and_trains_a_fresh_student_head() -> None:
+    from egovlpv2_edge.compress.distill import FinetunedQAHook
+    from egovlpv2_edge.training.tasks.heads import QAHead
+
+    teacher = create_model("egovlpv2_test")
+    student = copy.deepcopy(teacher).train()
+    t_head = QAHead(32, 4).eval()
+    with torch.no_grad():
+        for p in t_head.parameters():
+            p.normal_(0.0, 1.0)
+    hook, b, qa = FinetunedQAHook(), _batch(), _questions()
+
+    def task(s_head: nn.Module) -> DistillTask:
+        return DistillTask(student, teacher, SPECIAL, MASK_ID, DistillLossConfig(gt_weight=0.0),
+                           teacher_heads={"qa": t_head}, student_heads={"qa": s_head.eval()},
+                           hooks={"qa": hook})  # fmt: skip
+
+    ids, mask = b["input_ids"], b["attention_mask"]
+    args = (b["video"], ids, mask, ids, mask, b["verb"], b["noun"], torch.tensor(0))
+    _, logs = task(copy.deepcopy(t_head))(*args, qa=qa)
+    assert logs["kd_heads_qa"].item() == pytest.approx(0.0, abs=1e-6)
+    fresh = hook.create(t_head, create_model("egovlpv2_test", **STUDENT))
+    assert (fresh.in_dim, fresh.num_answers, fresh.dropout) == (16, 4, t_head.dropout)
+    fresh = hook.create(t_head, student)
+    distilling = task(fresh)
+    loss, logs = distilling(*args, qa=qa)
+    with torch.no_grad():  # by hand: KL of the head's softened logits on the questions' fused video CLS
+        s_logits = fresh(student.forward_fusion(qa["video"], qa["ids"], qa["mask"]).video_cls)
+        t_logits = t_head(teacher.forward_fusion(qa["video"], qa["t_ids"], qa["t_mask"]).video_cls)
+    assert logs["kd_heads_qa"].item() == pytest.approx(logit_kl(s_logits, t_logits, 2.0, "sum").item() / 4, rel=1e-5)
+    assert logs["kd_heads"].item() > logs["kd_heads_qa"].item() > 0  # the fused pairs add their own KL
+    loss.backward()
+    assert fresh.net[0].weight.grad is not None and fresh.net[0].weight.grad.abs().sum() > 0
+
+
+def test_student_without_a_head_gets_one_distilled_on_questions_and_resumes_exactly(setup, tmp_path) -> None:
+    from egovlpv2_edge.compress.export import check_qa_head, checkpoint_qa_head
+    from egovlpv2_edge.training.tasks.checkpoint import load_finetuned, save_finetuned
+    from egovlpv2_edge.training.tasks.heads import QAHead
+
+    tok = setup["teacher"].parent / "tokenizer.json"
+    vocab = {"answers": ["cup", "bowl", "knife"]}
+    t_head = QAHead(32, 3)
+    with torch.no_grad():
+        for p in t_head.parameters():
+            p.normal_(0.0, 1.0)
+    t_path = save_finetuned(tmp_path / "t.pt", create_model("egovlpv2_test"), tok, "qa", "fusion", t_head, vocab,
+                            {"text_length": 10}, {}, 5)  # fmt: skip
+    common = [c for c in _common(setup) if not c.startswith("teacher=")] + [f"teacher={t_path}", "max_steps=3"]
+    straight = tmp_path / "straight"
+    final = distill(resolve(DistillConfig, None, common + [f"out={straight}"]))
+    rows = _metrics(straight)
+    assert all(r["kd_heads_qa"] > 0 and r["kd_heads"] > r["kd_heads_qa"] for r in rows)
+    run = load_finetuned(final, expect="qa")
+    assert run.head is not None and run.head.in_dim == 16 and run.vocab == vocab and run.mode == "fusion"
+    assert run.params == {"text_length": 10}
+    qa = checkpoint_qa_head(final)  # what `egovlp compress export --checkpoint student.pt` exports
+    assert qa is not None and qa.answers == ("cup", "bowl", "knife")
+    check_qa_head(run.model, qa.head)
+    paused = tmp_path / "paused"
+    assert distill(resolve(DistillConfig, None, common + [f"out={paused}", "stop_at=2"])).name == "last.pt"
+    distill(resolve(DistillConfig, None, common + [f"out={paused}"]))
+    a, b = (torch.load(p / "student.pt", weights_only=True) for p in (straight, paused))
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key in a["task"]["head"]:
+        assert torch.equal(a["task"]["head"][key], b["task"]["head"][key]), key
+    assert [r["kd_heads_qa"] for r in _metrics(paused)] == [r["kd_heads_qa"] for r in rows]

@@ -194,3 +194,55 @@ def test_package_rejects_a_selection_outside_the_measured_candidates(tmp_path: P
                        measured_on="here", archive=False, **args)  # fmt: skip
     entry = open_package(ok).manifest.graphs["video_upper"]
     assert entry.candidate("int8") == _cand("int8", 11.0, 60.0) and entry.measured_on == "here"
+
+
+# ----- a fused graph with a QA head --------------------------------------------------------------------------------
+def test_drift_gates_the_qa_logits_like_the_vtm_logits() -> None:
+    spec = graph_specs(fp32_package()["model"].cfg, qa_answers=5)["fused_upper"]
+    rng = np.random.default_rng(1)
+    ref = [[rng.standard_normal(tuple(t.concrete(1))).astype(np.float32) for t in spec.outputs] for _ in range(3)]
+    noisy = [[x + 0.5 if t.name == "qa_logits" else x for t, x in zip(spec.outputs, row, strict=True)] for row in ref]
+    drift = measure_drift(spec, ref, noisy)
+    assert drift["max_logit_diff"] == pytest.approx(0.5, abs=1e-6)
+    selected, _, records = select_precision(FP32, [_cand("int8", 5.0, 25.0, **drift)], RULE)
+    assert selected == "fp32" and "logit max abs diff 0.5 > 0.25" in records[1].note
+
+
+def test_quantized_package_keeps_the_qa_head(tmp_path: Path) -> None:
+    import torch
+
+    from egovlpv2_edge.compress.export import export_all, write_answer_vocabs
+    from egovlpv2_edge.compress.quantize import quantize_package
+    from egovlpv2_edge.graphs import GRAPH_NAMES
+    from egovlpv2_edge.package import Preprocessing, build_package, open_package, verify_package
+    from egovlpv2_edge.training.tasks.heads import QAHead
+
+    src = fp32_package()
+    model, answers = src["model"], ["cup", "box", "bowl", "knife"]
+    head = QAHead(model.cfg.video.width, len(answers))
+    with torch.no_grad():
+        for p in head.parameters():
+            p.normal_(0.0, 0.5)
+    export_all(model, tmp_path / "qa", graphs=["fused_upper"], qa_head=head, validate=False)
+    write_answer_vocabs(tmp_path / "qa", answers)
+    graphs = {g: {"fp32": src["root"] / "graphs" / f"{g}.onnx"} for g in GRAPH_NAMES}
+    graphs["fused_upper"] = {"fp32": tmp_path / "qa" / "fused_upper.onnx"}
+    fp32 = build_package(tmp_path / "tiny_qa", config=model.cfg, graphs=graphs, archive=False,
+                         selected={g: ("fp32", "export") for g in GRAPH_NAMES},
+                         tokenizer=src["root"] / "tokenizer.json", answer_vocabs={"qa": answers},
+                         preprocessing=Preprocessing.from_config(model.cfg, 2.0, 1.0))  # fmt: skip
+    out = quantize_package(fp32, src["egoclip"], tmp_path / "tiny_qa_int8", methods=["ort_dynamic"],
+                           graphs=["fused_upper"], threads=1, max_clips=6, keep="all").package  # fmt: skip
+    verify_package(out)
+    with open_package(out) as pkg:
+        assert pkg.answer_vocab("qa") == answers and pkg.manifest.qa_answers() == len(answers)
+        entry = pkg.manifest.graphs["fused_upper"]
+        int8 = entry.candidate("int8_dyn")
+        assert int8 is not None and "max_logit_diff" in int8.drift  # qa_logits and vtm_logits both gated
+        int8_file = pkg.graph_path("fused_upper", "int8_dyn")
+        session = ort.InferenceSession(str(int8_file), providers=["CPUExecutionProvider"])
+        assert [o.name for o in session.get_outputs()][-1] == "qa_logits"
+        spec = pkg.specs["fused_upper"]
+        feeds = {t.name: np.zeros(t.concrete(2), np.float32 if t.dtype == "float32" else np.int64) for t in spec.inputs}
+        feeds["attention_mask"][:, :3] = 1
+        assert session.run(["qa_logits"], feeds)[0].shape == (2, len(answers))

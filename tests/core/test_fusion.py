@@ -136,6 +136,57 @@ def test_time_attention_starts_as_identity_and_temporal_branch_learns(tiny) -> N
     assert torch.all(block.time_attn.proj.weight == 1.0)
 
 
+def _time_grads(model) -> tuple[float, float]:
+    """Largest |grad| of the time-attention weights and of the space-attention qkv after one backward."""
+    frames, _, _ = random_inputs(model)
+    model.encode_video(frames).pow(2).sum().backward()
+    time = max(b.time_attn.qkv.weight.grad.abs().max().item() for b in model.video.blocks)
+    time = max(time, max(b.time_attn.proj.weight.grad.abs().max().item() for b in model.video.blocks))
+    space = max(b.attn.qkv.weight.grad.abs().max().item() for b in model.video.blocks)
+    return time, space
+
+
+def test_reference_time_init_gets_no_gradient_and_zero_proj_init_does() -> None:
+    torch.manual_seed(0)
+    ref = create_model("egovlpv2_test", video={"time_init": "reference"})
+    time, space = _time_grads(ref)
+    assert time < 1e-5 * space  # the LayerNorm after the branch cancels its constant output: dead from scratch
+    torch.manual_seed(0)
+    zp = create_model("egovlpv2_test", video={"time_init": "zero_proj"})
+    frames, _, _ = random_inputs(zp)
+    block = zp.video.blocks[0]
+    with torch.no_grad():
+        x = zp.video.embed(frames, zp.video.cls_token)
+        assert torch.equal(block.time_attn(block.norm3(x), zp.cfg.video.num_frames), torch.zeros_like(x))
+    time, space = _time_grads(zp)
+    assert time > 1e-2 * space
+
+
+def test_motion_stem_sees_frame_differences() -> None:
+    torch.manual_seed(0)
+    model = create_model("egovlpv2_test", video={"motion_stem": True})
+    assert model.video.patch_embed.in_channels == 6
+    frames, _, _ = random_inputs(model)
+    x = model.video.embed(frames, model.video.cls_token)
+    F_, N = model.cfg.video.num_frames, model.cfg.video.num_patches
+    # the first frame is its own predecessor (zero difference)
+    with torch.no_grad():
+        w, bias, p = model.video.patch_embed.weight, model.video.patch_embed.bias, model.cfg.video.patch_size
+        direct = torch.nn.functional.conv2d(
+            torch.cat([frames[:, 0], torch.zeros_like(frames[:, 0])], 1), w, bias, stride=p
+        )
+        first = x[:, 1 : 1 + N] - model.video.pos_embed[:, 1:] - model.video.temporal_embed[:, :1]
+    assert torch.allclose(first, direct.flatten(2).transpose(1, 2), atol=1e-5)
+    # a later frame's tokens depend on the frame before it (they would not with the plain stem)
+    changed = frames.clone()
+    changed[:, 0] += 1.0
+    y = model.video.embed(changed, model.video.cls_token)
+    assert F_ == 2 and not torch.allclose(x[:, 1 + N :], y[:, 1 + N :], atol=1e-3)
+    plain = create_model("egovlpv2_test")
+    xp, yp = (plain.video.embed(f, plain.video.cls_token) for f in (frames, changed))
+    assert torch.equal(xp[:, 1 + N :], yp[:, 1 + N :])
+
+
 def test_gradients_reach_gates_in_fused_mode(tiny) -> None:
     frames, ids, mask = random_inputs(tiny)
     tiny.train()

@@ -20,6 +20,7 @@ def export_test_graphs(root: Path) -> tuple[object, object]:
     from egovlpv2_edge.compress.export import export_all
     from egovlpv2_edge.tokenizer import Tokenizer
 
+    torch.manual_seed(0)  # the same weights whichever test first asks for the session's package
     model = create_model("egovlpv2_test")
     with torch.no_grad():
         for i, gate in enumerate(model.gates()):
@@ -30,18 +31,45 @@ def export_test_graphs(root: Path) -> tuple[object, object]:
     return model, tok
 
 
-def build_test_package(root: Path, out: Path, *, clip_seconds: float = 2.0, stride_seconds: float = 1.0) -> Path:
-    """Package the graphs :func:`export_test_graphs` wrote under ``root`` with the given clip window."""
+def export_qa_graph(root: Path, model: object, answers: list[str]) -> object:
+    """Export ``fused_upper`` with a QA head (weights large enough that answers depend on the clip) into
+    ``root/graphs_qa`` beside its ``answer_vocabs.json``; returns the head (eval mode)."""
+    import torch
+
+    from egovlpv2_edge.compress.export import export_all, write_answer_vocabs
+    from egovlpv2_edge.training.tasks.heads import QAHead
+
+    head = QAHead(model.cfg.video.width, len(answers))  # type: ignore[attr-defined]
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    export_all(model, root / "graphs_qa", graphs=["fused_upper"], qa_head=head)  # type: ignore[arg-type]
+    write_answer_vocabs(root / "graphs_qa", answers)
+    return head.eval()
+
+
+def build_test_package(
+    root: Path, out: Path, *, clip_seconds: float = 2.0, stride_seconds: float = 1.0, qa: bool = False
+) -> Path:
+    """Package the graphs :func:`export_test_graphs` wrote under ``root`` with the given clip window; with ``qa``,
+    the fused graph and answers of :func:`export_qa_graph` (the same video graphs: it opens the same indexes)."""
+    import json
+
     from egovlpv2_edge.config import get_config
     from egovlpv2_edge.graphs import GRAPH_NAMES
     from egovlpv2_edge.package import Preprocessing, build_package
 
     cfg = get_config("egovlpv2_test")
+    graphs = {g: {"fp32": root / "graphs" / f"{g}.onnx"} for g in GRAPH_NAMES}
+    if qa:
+        graphs["fused_upper"] = {"fp32": root / "graphs_qa" / "fused_upper.onnx"}
     return build_package(
         out,
         config=cfg,
-        graphs={g: {"fp32": root / "graphs" / f"{g}.onnx"} for g in GRAPH_NAMES},
+        graphs=graphs,
         selected={g: ("fp32", "test") for g in GRAPH_NAMES},
         tokenizer=root / "tokenizer.json",
         preprocessing=Preprocessing.from_config(cfg, clip_seconds=clip_seconds, stride_seconds=stride_seconds),
+        answer_vocabs=json.loads((root / "graphs_qa" / "answer_vocabs.json").read_text()) if qa else None,
     )

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.runtime._package import build_test_package, export_test_graphs
+from tests.runtime._package import build_test_package, export_qa_graph, export_test_graphs
+
+QA_ANSWERS = ["the red box", "the blue cup", "the red bowl", "a knife"]
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +25,14 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, ob
 def package(exported: tuple[Path, object, object]) -> Path:
     """A package with the default 2 s clips every 1 s."""
     return build_test_package(exported[0], exported[0] / "package" / "tiny")
+
+
+@pytest.fixture(scope="session")
+def qa_package(exported: tuple[Path, object, object]) -> tuple[Path, object]:
+    """(package with a QA head over :data:`QA_ANSWERS` and the default clips, the PyTorch head); its video graphs
+    are those of ``package``, so it opens the indexes ``package`` wrote."""
+    head = export_qa_graph(exported[0], exported[1], QA_ANSWERS)
+    return build_test_package(exported[0], exported[0] / "package" / "tiny_qa", qa=True), head
 
 
 @pytest.fixture(scope="session")

@@ -80,15 +80,20 @@ _SDK_SCRIPT = textwrap.dedent(
         moments = rt.search("#C C opens the red box", k=2)
         answer = rt.ask("what did C open?", ["the red box", "the blue cup"])
     assert len(moments) == 2 and answer.answer in ("the red box", "the blue cup") and answer.evidence
+    with egovlpv2_edge.open(sys.argv[3], index=sys.argv[2]) as rt:  # a QA head answers without choices
+        free = rt.ask("what did C open?")
+    assert free.answer in rt.package.answer_vocab("qa") and 0 < free.confidence <= 1 and free.evidence
     assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
     print("OK")
     """
 )
 
 
-def test_sdk_streams_searches_and_answers_without_torch(fast_package: Path, tmp_path: Path) -> None:
+def test_sdk_streams_searches_and_answers_without_torch(
+    fast_package: Path, qa_package: tuple[Path, object], tmp_path: Path
+) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", _SDK_SCRIPT, str(fast_package), str(tmp_path / "ix")],
+        [sys.executable, "-c", _SDK_SCRIPT, str(fast_package), str(tmp_path / "ix"), str(qa_package[0])],
         capture_output=True,
         text=True,
         timeout=300,

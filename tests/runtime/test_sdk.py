@@ -85,6 +85,60 @@ def test_ask_uses_a_qa_head_when_the_package_has_one(package: Path, streamed: Pa
     assert [c for c, _ in answer.scores] == ["box", "bowl", "cup"]
 
 
+def test_ask_without_choices_answers_with_the_packaged_qa_head(
+    qa_package: tuple[Path, object], exported: tuple[Path, object, object], streamed: Path, capsys
+) -> None:
+    import torch
+
+    from tests.runtime.conftest import QA_ANSWERS
+
+    path, head = qa_package
+    _, model, tok = exported
+    question = "what did C open?"
+    with egovlpv2_edge.open(path, index=streamed) as rt:  # the same video graphs as the package that indexed
+        answer = rt.ask(question, k=3)
+        cached = rt.index.get_tokens([m.id for m in answer.evidence])
+    assert answer.answer in QA_ANSWERS and len(answer.evidence) == 3
+    # PyTorch on the same cached tokens: the head on each clip's fused video CLS, mixed by the clips' VTM match
+    batch = tok.encode([question], max_length=model.cfg.text.max_length)
+    ids, mask = torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)
+    video = torch.from_numpy(np.stack([cached[m.id] for m in answer.evidence]).astype(np.float32))  # (3, T, Dv)
+    with torch.no_grad():
+        text = model.eval().text_lower(ids, mask).expand(3, -1, -1)
+        out = model.fusion_heads(*model.fuse_upper(video, text, mask.expand(3, -1)))
+        probs = torch.softmax(head(out.video_cls).double(), -1)  # (3, A)
+    odds = (out.vtm_logits[:, 1] - out.vtm_logits[:, 0]).double()
+    mixed = (torch.softmax(odds, 0)[:, None] * probs).sum(0)
+    want = sorted(zip(QA_ANSWERS, mixed.tolist(), strict=True), key=lambda cp: -cp[1])
+    assert want[0][1] > want[1][1] + 0.05  # a clear answer, so the top answers must agree
+    assert [c for c, _ in answer.scores] == [c for c, _ in want] and answer.answer == want[0][0]
+    np.testing.assert_allclose([p for _, p in answer.scores], [p for _, p in want], rtol=0, atol=1e-4)
+    assert answer.confidence == pytest.approx(want[0][1], abs=1e-4)
+    assert [m.score for m in answer.evidence] == pytest.approx(sorted(torch.sigmoid(odds).tolist(), reverse=True))
+    with egovlpv2_edge.open(path, index=streamed) as rt:  # choices still go to the VTM head
+        assert rt.ask(question, CHOICES, k=3).answer in CHOICES
+    assert egovlp(["ask", "--package", str(path), "--index", str(streamed), question, "-k", "3"]) == 0
+    assert capsys.readouterr().out.startswith(f"answer: {answer.answer}  (confidence {answer.confidence:.2f})")
+
+
+def test_ask_mixes_the_clips_answers_by_how_well_they_match(package: Path, streamed: Path) -> None:
+    with egovlpv2_edge.open(package, index=streamed) as rt:
+        spec = rt.encoder.specs["fused_upper"]
+        qa = dataclasses.replace(spec.outputs[0], name="qa_logits", shape=("batch", 3))
+        rt.encoder.specs = {**rt.encoder.specs, "fused_upper": dataclasses.replace(spec, outputs=(*spec.outputs, qa))}
+        rt.package.manifest = dataclasses.replace(rt.package.manifest, answer_vocabs={"qa": ("cup", "box", "bowl")})
+        qa_logits = np.array([[0.0, 4.0, 0.0], [4.0, 0.0, 0.0], [0.0, 0.0, 4.0]], np.float32)  # clip i says answer i'
+        vtm = np.array([[0.0, 2.0], [0.0, 1.0], [3.0, 0.0]], np.float32)  # log-odds 2, 1, -3: clip 0 matches best
+        rt.encoder.fused = lambda tokens, text: {"vtm_logits": vtm, "qa_logits": qa_logits}
+        answer = rt.ask("what did C open?", k=3)
+    weights = np.exp([2.0, 1.0, -3.0]) / np.exp([2.0, 1.0, -3.0]).sum()
+    probs = np.exp(qa_logits) / np.exp(qa_logits).sum(1, keepdims=True)
+    mixed = weights @ probs  # (3,): box from the best-matching clip outweighs cup
+    assert answer.answer == "box" and answer.confidence == pytest.approx(mixed[1])
+    assert dict(answer.scores) == pytest.approx(dict(zip(["cup", "box", "bowl"], mixed, strict=True)))
+    assert [m.score for m in answer.evidence] == pytest.approx([1 / (1 + np.exp(-x)) for x in (2.0, 1.0, -3.0)])
+
+
 def test_query_errors_name_the_problem(package: Path, streamed: Path, caplog: pytest.LogCaptureFixture) -> None:
     with egovlpv2_edge.open(package, index=streamed) as rt:
         for bad in ("", "   "):

@@ -1,0 +1,271 @@
+"""Task heads in distillation: finding them in checkpoints, giving the student its own, and the QA-question batches.
+
+A task head (e.g. the EgoTaskQA answer head over the fused video CLS, reference Sec. 3) is distilled by KL of its
+softened logits (:func:`~._distill_losses.logit_kl`) on two kinds of fused inputs:
+
+* the distillation batches' fused pairs (narrations with clips), in ``DistillTask._vtm``;
+* for the ``"qa"`` head, questions of the QA split (``data/qa.json``, train) with their clips
+  (:class:`QABatches`, :func:`question_head_kl`): the inputs the head really answers on the device.
+
+When the teacher checkpoint carries a head and the student's init does not, the student gets a fresh head of its
+own width (:meth:`FinetunedQAHook.create`), saved in the ``task`` entry ``load_finetuned`` and the exporter read.
+Private helpers of :mod:`egovlpv2_edge.compress.distill`, which re-exports the public names.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from egovlpv2_edge.compress._distill_losses import DistillError, logit_kl
+from egovlpv2_edge.model import EgoVLPv2
+from egovlpv2_edge.model.egovlpv2 import FusionOutput
+from egovlpv2_edge.tokenizer import Tokenizer
+from egovlpv2_edge.training.distributed import DistInfo, all_reduce_sum
+from egovlpv2_edge.training.trainer import GlobalBatchSampler, _worker_init
+
+log = logging.getLogger(__name__)
+
+QA_HEAD = "qa"  # the hook (and head) name of the QA answer head; the QA-question batches feed it
+
+
+class HeadHook(Protocol):
+    """How distillation finds, runs and saves one task head (e.g. a QA answer head over the fused video CLS).
+
+    A task module defines one per head; :func:`default_head_hooks` looks them up in
+    ``egovlpv2_edge.training.tasks.distill_head_hooks()`` when that exists. Nothing here imports the task code.
+    A hook may also define ``create(teacher_head, model) -> nn.Module``: a fresh student head for ``model`` when
+    the teacher checkpoint has the head and the student's init does not (without it, such a head is skipped).
+    """
+
+    def load(self, checkpoint: Mapping[str, Any], model: EgoVLPv2) -> nn.Module | None:
+        """The head stored in ``checkpoint`` for ``model``, or None when the checkpoint carries no such head."""
+        ...
+
+    def logits(self, head: nn.Module, fused: FusionOutput) -> torch.Tensor:
+        """The head's class logits ``(B, C)`` for a fused forward pass."""
+        ...
+
+    def save(self, head: nn.Module) -> dict[str, Any]:
+        """Checkpoint entries (weights, answer vocabulary) that let :meth:`load` restore ``head``."""
+        ...
+
+
+class FinetunedQAHook:
+    """The QA answer head of ``training.tasks`` checkpoints (``ckpt["task"]``, fusion mode: the head reads the
+    fused video CLS). Dual-mode QA heads read unfused features and are not distilled here."""
+
+    def __init__(self) -> None:
+        self._payloads: dict[int, dict[str, Any]] = {}  # id(head) -> the task entry it came from
+
+    def load(self, checkpoint: Mapping[str, Any], model: EgoVLPv2) -> nn.Module | None:
+        """The fusion-mode QA head of ``checkpoint["task"]``, or None."""
+        task = checkpoint.get("task")
+        if not isinstance(task, Mapping) or task.get("mode") != "fusion" or not task.get("head_config"):
+            return None
+        if task["head_config"].get("kind") != "qa" or task.get("head") is None:
+            return None
+        if task["head_config"].get("in_dim") != model.cfg.video.width:
+            raise DistillError(f"QA head in_dim {task['head_config'].get('in_dim')} does not fit the video width "
+                               f"{model.cfg.video.width} of the model stored with it")  # fmt: skip
+        from egovlpv2_edge.training.tasks.heads import build_head
+
+        head = build_head(dict(task["head_config"]))
+        head.load_state_dict(task["head"])
+        self._payloads[id(head)] = dict(task)
+        return head
+
+    def create(self, teacher_head: nn.Module, model: EgoVLPv2) -> nn.Module:
+        """A fresh ``QAHead`` over ``model``'s fused video CLS with the teacher head's answers and dropout."""
+        from egovlpv2_edge.training.tasks.heads import QAHead
+
+        config = teacher_head.config()  # type: ignore[operator]
+        head = QAHead(model.cfg.video.width, config["num_answers"], config["dropout"])
+        self._payloads[id(head)] = dict(self._payloads.get(id(teacher_head), {}))  # its answers and params
+        return head
+
+    def logits(self, head: nn.Module, fused: FusionOutput) -> Tensor:
+        """Answer logits ``(B, A)`` from the fusion-normed video CLS (as ``QATask.features`` in fusion mode)."""
+        return head(fused.video_cls)
+
+    def save(self, head: nn.Module) -> dict[str, Any]:
+        """The ``task`` entry with the student's head weights and config."""
+        payload = dict(self._payloads.get(id(head), {"name": "qa", "mode": "fusion", "vocab": {}, "params": {}}))
+        payload |= {"head": head.state_dict(), "head_config": head.config()}  # type: ignore[operator]
+        return {"task": payload}
+
+    def params(self, head: nn.Module) -> dict[str, Any]:
+        """The task ``params`` of the checkpoint a head came from (e.g. the question ``text_length``)."""
+        return dict(self._payloads.get(id(head), {}).get("params") or {})
+
+
+def default_head_hooks() -> dict[str, HeadHook]:
+    """The built-in QA hook plus any published by the task modules (``training.tasks.distill_head_hooks()``)."""
+    hooks: dict[str, HeadHook] = {QA_HEAD: FinetunedQAHook()}
+    try:
+        from egovlpv2_edge.training import tasks
+    except ImportError:
+        return hooks
+    published = getattr(tasks, "distill_head_hooks", None)
+    return hooks | (dict(published()) if callable(published) else {})
+
+
+def head_pairs(
+    hooks: Mapping[str, HeadHook],
+    teacher_ckpt: Mapping[str, Any],
+    teacher: EgoVLPv2,
+    student_ckpt: Mapping[str, Any] | None,
+    student: EgoVLPv2,
+) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
+    """Teacher and student heads for every hook whose head the teacher checkpoint carries.
+
+    The student's head comes from its init checkpoint, else from the hook's ``create`` (a fresh head of the
+    student's width); heads the teacher lacks, or that neither gives the student, are logged and skipped.
+    """
+    t_heads: dict[str, nn.Module] = {}
+    s_heads: dict[str, nn.Module] = {}
+    for name, hook in hooks.items():
+        t = hook.load(teacher_ckpt, teacher)
+        s = hook.load(student_ckpt, student) if student_ckpt is not None else None
+        create = getattr(hook, "create", None)
+        if t is not None and s is None and callable(create):
+            s = create(t, student)
+            log.info("task head %r: the student gets a fresh head, distilled from the teacher's", name)
+        if t is None or s is None:
+            log.info("task head %r: not distilled (teacher has it: %s, student has it: %s)", name, t is not None,
+                     s is not None)  # fmt: skip
+            continue
+        t_heads[name], s_heads[name] = t.eval().requires_grad_(False), s
+    return t_heads, s_heads
+
+
+# ----- QA questions -------------------------------------------------------------------------------------------------
+
+
+class QABatches:
+    """One batch of QA-split train questions per step, the same for a step whatever ran before (exact resume).
+
+    Args:
+        data: The QA dataset (train split, train-time sampling) at the student's frame count and size.
+        batch: Global questions per step (this process reads its share).
+        info: The process's rank, world size and device.
+        seed: Run seed (the question order is seeded apart from the clips').
+        num_workers: Decoding processes.
+        tokenizers: Student and teacher tokenizers (the same object when they share one).
+        lengths: Student and teacher question lengths in tokens (as the teacher's QA fine-tuning used).
+    """
+
+    def __init__(self, data: Any, batch: int, info: DistInfo, seed: int, num_workers: int,
+                 tokenizers: tuple[Tokenizer, Tokenizer], lengths: tuple[int, int]) -> None:  # fmt: skip
+        self.data, self.num_workers, self.device = data, num_workers, info.device
+        self.tokenizers, self.lengths = tokenizers, lengths
+        self.sampler = GlobalBatchSampler(len(data), batch, info.rank, info.world_size, seed * 31 + 17)
+        self.steps_per_epoch = len(data) // batch
+        self._it: Iterator[dict[str, Any]] | None = None
+        self._next: tuple[int, int] | None = None  # (epoch, batch) the open iterator yields next
+
+    def at(self, step: int) -> dict[str, Any]:
+        """The (collated) questions of ``step``."""
+        from egovlpv2_edge.training.data.qa import collate_qa
+
+        where = divmod(step, self.steps_per_epoch)
+        if self._it is None or where != self._next:
+            self.sampler.set_epoch(*where)
+            self.data.set_epoch(where[0])
+            # its own generator: opening it mid-run must not draw from the global RNG that the step's dropout uses
+            seeds = torch.Generator().manual_seed(self.sampler.seed + where[0])
+            loader = DataLoader(self.data, batch_sampler=self.sampler, collate_fn=collate_qa,
+                                num_workers=self.num_workers, worker_init_fn=_worker_init, generator=seeds)  # fmt: skip
+            self._it = iter(loader)
+        batch = next(self._it)
+        epoch, index = where
+        self._next = (epoch, index + 1) if index + 1 < self.steps_per_epoch else None
+        return batch
+
+    def feeds(self, step: int) -> dict[str, Tensor]:
+        """The questions of ``step`` ready for ``DistillTask.forward(qa=...)``: clips and both models' tokens."""
+        batch = self.at(step)
+        (s_tok, t_tok), (s_len, t_len) = self.tokenizers, self.lengths
+        tokens = question_tokens(batch["question"], s_tok, s_len, t_tok, t_len, self.device)
+        return {"video": batch["video"].to(self.device, non_blocking=True), **tokens}
+
+
+def qa_batches(data_root: str | Path, task: Any, batch: int, info: DistInfo, seed: int, num_workers: int,
+               tokenizers: tuple[Tokenizer, Tokenizer]) -> QABatches | None:  # fmt: skip
+    """QA-question batches from ``data_root/qa.json`` (train split) for the task's QA head.
+
+    Returns:
+        The batches, or None (logged) without a QA head, with ``batch == 0``, or when there are no questions.
+    """
+    from egovlpv2_edge.training.data.qa import QADataset, read_qa
+    from egovlpv2_edge.training.tasks._setup import ensure_task_files, read_meta
+    from egovlpv2_edge.training.tasks.qa import qa_text_length
+
+    if QA_HEAD not in task.heads or batch == 0:
+        return None
+    student = task.student
+    root = Path(data_root)
+    try:
+        qa = read_qa(ensure_task_files(root, "qa.json"))
+        v = student.cfg.video
+        data = QADataset(qa, root / "videos", "train", v.num_frames, v.img_size, "train", read_meta(root), seed)
+    except (FileNotFoundError, ValueError) as err:
+        log.info("QA head distilled on the narration pairs only: no QA questions (%s)", err)
+        return None
+    batch = min(batch, len(data)) // info.world_size * info.world_size
+    if batch < 1:
+        log.info("QA head distilled on the narration pairs only: %d train questions", len(data))
+        return None
+    params_of = getattr(task.hooks[QA_HEAD], "params", None)
+    params = params_of(task.teacher_heads[QA_HEAD]) if callable(params_of) else {}
+    wanted = int(params.get("text_length", 30))  # the length the teacher's head was fine-tuned with
+    lengths = (qa_text_length(student, wanted), qa_text_length(task.teacher, wanted))
+    log.info("QA head also distilled on %d train questions, %d per step", len(data), batch)
+    return QABatches(data, batch, info, seed, num_workers, tokenizers, lengths)
+
+
+def question_tokens(questions: list[str], s_tok: Tokenizer, s_len: int, t_tok: Tokenizer, t_len: int,
+                    device: torch.device) -> dict[str, Tensor]:  # fmt: skip
+    """Student and teacher ids and masks of the questions, each at its model's question length."""
+    s = s_tok.encode(questions, max_length=s_len)
+    t = s if t_tok is s_tok and t_len == s_len else t_tok.encode(questions, max_length=t_len)
+    return {
+        "ids": torch.from_numpy(s.input_ids).to(device),
+        "mask": torch.from_numpy(s.attention_mask).to(device),
+        "t_ids": torch.from_numpy(t.input_ids).to(device),
+        "t_mask": torch.from_numpy(t.attention_mask).to(device),
+    }
+
+
+def question_head_kl(task: Any, qa: Mapping[str, Tensor], temperature: float) -> Tensor:
+    """KL of the QA head's softened logits, student against teacher, on QA questions with their clips.
+
+    Args:
+        task: The ``DistillTask`` (student, teacher, their heads and hooks).
+        qa: This process's questions: ``video`` ``(b, F, 3, H, W)`` and the ``ids``/``mask``, ``t_ids``/``t_mask``
+            of :func:`question_tokens`.
+        temperature: Logit softening (t^2-scaled KL).
+
+    Returns:
+        This process's KL sum over the global question count (so the sum over processes is the global mean).
+    """
+    from egovlpv2_edge.compress.distill import _resize
+
+    video = qa["video"]
+    zero = video.new_zeros(())
+    if QA_HEAD not in task.heads:
+        return zero
+    hook = task.hooks[QA_HEAD]
+    out = task.student.forward_fusion(video, qa["ids"], qa["mask"])
+    with torch.no_grad():
+        t_video = _resize(video, task.teacher.cfg.video.img_size)
+        t_out = task.teacher.forward_fusion(t_video, qa["t_ids"], qa["t_mask"])
+        t_logits = hook.logits(task.teacher_heads[QA_HEAD], t_out)
+    count = all_reduce_sum(torch.tensor(float(video.shape[0]), device=video.device)).clamp(min=1.0)
+    return logit_kl(hook.logits(task.heads[QA_HEAD], out), t_logits, temperature, "sum") / count

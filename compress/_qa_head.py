@@ -1,0 +1,136 @@
+"""The QA answer head on its way to ONNX: found in a checkpoint, checked against the model, its answers written.
+
+The head is the EgoTaskQA head of ``training.tasks.heads.QAHead`` over the fused video CLS (reference Sec. 3,
+downstream usage). Fine-tuned checkpoints (``training.tasks.checkpoint.save_finetuned``) and distilled students
+(``compress.distill``) store it as ``ckpt["task"]`` with its answer vocabulary; :func:`checkpoint_qa_head` reads it
+back so the exporter can append ``qa_logits`` to the fused graph, and :func:`write_answer_vocabs` leaves the answers
+beside the graphs for ``egovlp package build``. Dual-mode heads read unfused ``[video CLS; text]`` features that no
+exported graph computes; they are not exported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from egovlpv2_edge._package_qa import ANSWER_VOCABS_FILE
+from egovlpv2_edge.graphs import QA_OUTPUT, QA_VOCAB, GraphSpec, graph_specs
+from egovlpv2_edge.model import EgoVLPv2
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CheckpointQAHead:
+    """A QA head read from a checkpoint (eval mode) and its answers (index = class id)."""
+
+    head: nn.Module
+    answers: tuple[str, ...]
+
+
+def _linears(head: nn.Module) -> list[nn.Linear]:
+    return [m for m in head.modules() if isinstance(m, nn.Linear)]
+
+
+def qa_answers(head: nn.Module) -> int:
+    """How many answers a QA head scores: its ``num_answers``, else its last linear layer's width.
+
+    Raises:
+        ValueError: Neither is there.
+    """
+    count = getattr(head, "num_answers", None)
+    if count is None and _linears(head):
+        count = _linears(head)[-1].out_features
+    if not isinstance(count, int):
+        raise ValueError(f"cannot tell how many answers {type(head).__name__} scores: give it a num_answers attribute")
+    return count
+
+
+def check_qa_head(model: EgoVLPv2, head: nn.Module) -> None:
+    """Check that ``head`` reads the model's fused video CLS ``(B, Dv)`` and scores at least two answers.
+
+    Raises:
+        ValueError: Another input width (e.g. a dual-mode head over ``[video CLS; text]``) or fewer than 2 answers.
+    """
+    in_dim = getattr(head, "in_dim", None)
+    if in_dim is None and _linears(head):
+        in_dim = _linears(head)[0].in_features
+    width = model.cfg.video.width
+    if in_dim != width:
+        raise ValueError(
+            f"QA head reads features of width {in_dim} but the fused video CLS of {model.cfg.name!r} has width "
+            f"{width}; only fusion-mode QA heads (on the fused video CLS) export with fused_upper"
+        )
+    if qa_answers(head) < 2:
+        raise ValueError(f"QA head scores {qa_answers(head)} answer(s); it needs at least 2")
+
+
+def model_specs(model: EgoVLPv2, qa_head: nn.Module | None = None) -> dict[str, GraphSpec]:
+    """The graph specs of a model exported with (or without) a QA head."""
+    return graph_specs(model.cfg, None if qa_head is None else qa_answers(qa_head))
+
+
+def check_spec_head(spec: GraphSpec, qa_head: nn.Module | None) -> None:
+    """Check that a QA head is passed exactly when the (fused) graph's spec has ``qa_logits``.
+
+    Raises:
+        ValueError: One without the other.
+    """
+    want = QA_OUTPUT in spec.output_names
+    if spec.name == "fused_upper" and want != (qa_head is not None):
+        raise ValueError(
+            f"graph 'fused_upper': the spec {'has' if want else 'has no'} {QA_OUTPUT!r} output but "
+            f"{'no' if qa_head is None else 'a'} QA head was passed; make the spec with model_specs(model, qa_head)"
+        )
+
+
+def checkpoint_qa_head(checkpoint: str | Path | Mapping[str, Any]) -> CheckpointQAHead | None:
+    """The fusion-mode QA head a checkpoint carries (``ckpt["task"]``), with its answers; None without one.
+
+    Args:
+        checkpoint: A checkpoint file or its loaded dict (fine-tuned, or a distilled student).
+
+    Returns:
+        The head in eval mode and its answers, or None when the checkpoint has no QA head or only a dual-mode one
+        (logged).
+
+    Raises:
+        ValueError: The head is there but its answer vocabulary is missing or of another size.
+    """
+    ckpt = checkpoint
+    if not isinstance(ckpt, Mapping):
+        ckpt = torch.load(ckpt, map_location="cpu", weights_only=True)
+    task = ckpt.get("task")
+    if not isinstance(task, Mapping) or not task.get("head_config") or task.get("head") is None:
+        return None
+    if task["head_config"].get("kind") != "qa":
+        return None
+    if task.get("mode") != "fusion":
+        log.warning("the checkpoint's QA head is %r-mode (unfused features): not exported", task.get("mode"))
+        return None
+    from egovlpv2_edge.training.tasks.heads import build_head
+
+    head = build_head(dict(task["head_config"]))
+    head.load_state_dict(task["head"])
+    answers = tuple((task.get("vocab") or {}).get("answers") or ())
+    if len(answers) != qa_answers(head):
+        raise ValueError(
+            f"the checkpoint's QA head scores {qa_answers(head)} answers but its vocab['answers'] lists "
+            f"{len(answers)}; the checkpoint is damaged: fine-tune (or distil) it again"
+        )
+    return CheckpointQAHead(head.eval(), answers)
+
+
+def write_answer_vocabs(out_dir: str | Path, answers: Sequence[str]) -> Path:
+    """Write ``{"qa": answers}`` as ``out_dir/answer_vocabs.json``, where ``egovlp package build`` looks for it."""
+    path = Path(out_dir) / ANSWER_VOCABS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({QA_VOCAB: list(answers)}, indent=2) + "\n")
+    return path
