@@ -127,7 +127,8 @@ def test_ids_under_padding_change_nothing(tiny) -> None:
     assert torch.allclose(ta[1], tb[1], atol=1e-6)
 
 
-def test_time_attention_starts_as_identity_and_temporal_branch_learns(tiny) -> None:
+def test_time_attention_starts_as_identity_and_temporal_branch_learns() -> None:
+    tiny = create_model("egovlpv2_test", video={"time_init": "reference"})
     frames, _, _ = random_inputs(tiny)
     block = tiny.video.blocks[0]
     x = tiny.video.embed(frames, tiny.video.cls_token)
@@ -182,7 +183,7 @@ def test_motion_stem_sees_frame_differences() -> None:
     changed[:, 0] += 1.0
     y = model.video.embed(changed, model.video.cls_token)
     assert F_ == 2 and not torch.allclose(x[:, 1 + N :], y[:, 1 + N :], atol=1e-3)
-    plain = create_model("egovlpv2_test")
+    plain = create_model("egovlpv2_test", video={"motion_stem": False})
     xp, yp = (plain.video.embed(f, plain.video.cls_token) for f in (frames, changed))
     assert torch.equal(xp[:, 1 + N :], yp[:, 1 + N :])
 

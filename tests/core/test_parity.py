@@ -118,7 +118,17 @@ def test_hf_directory_with_another_architecture_is_rejected(tmp_path) -> None:
                 "depth": 2,
                 "num_heads": 2,
             },
-            {"video": {"num_frames": 1, "img_size": 32, "patch_size": 8, "width": 32, "depth": 2, "heads": 2}},
+            {
+                "video": {
+                    "num_frames": 1,
+                    "img_size": 32,
+                    "patch_size": 8,
+                    "width": 32,
+                    "depth": 2,
+                    "heads": 2,
+                    "motion_stem": False,
+                }
+            },
         ),
     ],
     ids=["vit_base_patch16_224", "tiny_vit"],
