@@ -27,6 +27,9 @@ class LossConfig:
     mlm_weight: float = 1.0  # weight of the masked-LM loss
     vtm_weight: float = 2.0  # weight of the video-text matching loss
     mlm_probability: float = 0.15  # share of real tokens chosen for MLM
+    # share of the run that trains the dual encoders alone (EgoNCE only, no fused passes) before MLM and VTM join;
+    # 0 (the paper) runs every loss from the first step. A loss with weight 0 is not computed at all.
+    fusion_start: float = 0.0
 
 
 def canonical_order(world: int, per_part: int, parts: int) -> torch.Tensor:
@@ -58,9 +61,12 @@ class PretrainTask(nn.Module):
         seed: Base seed of the per-step random choices.
     """
 
-    def __init__(self, model: EgoVLPv2, special_ids: set[int], mask_id: int, loss: LossConfig, seed: int) -> None:
+    def __init__(
+        self, model: EgoVLPv2, special_ids: set[int], mask_id: int, loss: LossConfig, seed: int, fusion_from: int = 0
+    ) -> None:
         super().__init__()
         self.model = model
+        self.fusion_from = fusion_from  # first step with the fused losses (MLM, VTM)
         self.special_ids = frozenset(special_ids)
         self.mask_id = mask_id
         self.loss_cfg = loss
@@ -109,23 +115,25 @@ class PretrainTask(nn.Module):
         all_ids, all_mask = gather_no_grad(input_ids)[order], gather_no_grad(attention_mask)[order]
         N = all_ids.shape[0]
 
-        # 2) fused pass on masked text: MLM
-        masked, labels = mlm_mask(
-            all_ids, all_mask, self.special_ids, self.mask_id, m.cfg.text.vocab_size, gen, cfg.mlm_probability
-        )
-        out = m.forward_fusion(video, masked[mine.to(video.device)], attention_mask)
-        labels = labels[mine.to(video.device)]
-        chosen = labels != -100  # decode only the masked positions: the vocabulary projection is the costly part
-        mlm_sum, count = mlm_loss_sum(m.heads.mlm_logits(out.text_tokens[chosen]), labels[chosen])
-        total = all_reduce_sum(torch.tensor(float(count), device=video.device)).clamp(min=1.0)
-        mlm = mlm_sum / total
+        fused_on = int(step) >= self.fusion_from
+        mlm = vtm = torch.zeros((), device=video.device)
+        if fused_on and cfg.mlm_weight > 0:  # 2) fused pass on masked text: MLM
+            masked, labels = mlm_mask(
+                all_ids, all_mask, self.special_ids, self.mask_id, m.cfg.text.vocab_size, gen, cfg.mlm_probability
+            )
+            out = m.forward_fusion(video, masked[mine.to(video.device)], attention_mask)
+            labels = labels[mine.to(video.device)]
+            chosen = labels != -100  # decode only the masked positions: the vocabulary projection is the costly part
+            mlm_sum, count = mlm_loss_sum(m.heads.mlm_logits(out.text_tokens[chosen]), labels[chosen])
+            total = all_reduce_sum(torch.tensor(float(count), device=video.device)).clamp(min=1.0)
+            mlm = mlm_sum / total
 
-        # 3) fused pass on re-sampled pairs: VTM with hard negatives
-        plan = vtm_plan(sim, pos, m.temperature, gen)
-        all_video = gather_no_grad(video)[order]
-        ti, vi = plan.text_index[mine].to(video.device), plan.video_index[mine].to(video.device)
-        fused = m.forward_fusion(all_video[vi], all_ids[ti], all_mask[ti])
-        vtm = F.cross_entropy(fused.vtm_logits, plan.labels[mine].to(video.device), reduction="sum") / N
+        if fused_on and cfg.vtm_weight > 0:  # 3) fused pass on re-sampled pairs: VTM with hard negatives
+            plan = vtm_plan(sim, pos, m.temperature, gen)
+            all_video = gather_no_grad(video)[order]
+            ti, vi = plan.text_index[mine].to(video.device), plan.video_index[mine].to(video.device)
+            fused = m.forward_fusion(all_video[vi], all_ids[ti], all_mask[ti])
+            vtm = F.cross_entropy(fused.vtm_logits, plan.labels[mine].to(video.device), reduction="sum") / N
 
         loss = nce + cfg.mlm_weight * mlm + cfg.vtm_weight * vtm
         logs = {"egonce": nce.detach(), "mlm": all_reduce_sum(mlm), "vtm": all_reduce_sum(vtm)}

@@ -206,11 +206,15 @@ def train(cfg: PretrainConfig) -> Path:
     sampler = GlobalBatchSampler(len(data), cfg.batch_size, info.rank, info.world_size, cfg.seed)
     steps_per_epoch = len(data) // cfg.batch_size
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
-    task = PretrainTask(model, tokenizer.special_ids, tokenizer.mask_id, cfg.loss, cfg.seed)
+    fusion_from = round(cfg.loss.fusion_start * total)
+    task = PretrainTask(model, tokenizer.special_ids, tokenizer.mask_id, cfg.loss, cfg.seed, fusion_from)
     ddp = task
     if info.world_size > 1:
+        some_unused = fusion_from > 0 or cfg.loss.mlm_weight == 0 or cfg.loss.vtm_weight == 0
         ddp = torch.nn.parallel.DistributedDataParallel(
-            task, device_ids=[info.local_rank] if info.device.type == "cuda" else None
+            task,
+            device_ids=[info.local_rank] if info.device.type == "cuda" else None,
+            find_unused_parameters=some_unused,
         )
     opt = build_optimizer(model, cfg.optim)
     sched = cosine_schedule(opt, total, cfg.optim.warmup)

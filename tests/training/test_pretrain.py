@@ -38,7 +38,8 @@ def _metrics(run: Path) -> list[dict]:
 
 
 def test_two_process_torchrun_matches_one_process(synth, tmp_path) -> None:
-    common = BASE + [f"data={synth}", "batch_size=8", "max_steps=3", "scene_negatives=true"]
+    # the first step trains the dual encoders alone (DDP then sees unused fusion parameters), the others everything
+    common = BASE + [f"data={synth}", "batch_size=8", "max_steps=3", "scene_negatives=true", "loss.fusion_start=0.34"]
     one = tmp_path / "one"
     train(resolve(PretrainConfig, None, common + [f"out={one}"]))
     two = tmp_path / "two"
@@ -49,6 +50,7 @@ def test_two_process_torchrun_matches_one_process(synth, tmp_path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     a, b = _metrics(one), _metrics(two)
     assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
+    assert a[0]["mlm"] == a[0]["vtm"] == 0.0 and all(r["mlm"] > 0 and r["vtm"] > 0 for r in a[1:])
     for ra, rb in zip(a, b, strict=True):
         for key in ("loss", "egonce", "mlm", "vtm"):
             assert abs(ra[key] - rb[key]) <= 1e-4 * abs(ra[key]), (key, ra[key], rb[key])
@@ -90,3 +92,15 @@ def test_bad_config_values_are_clear_errors(synth, tmp_path) -> None:
     cfg = resolve(PretrainConfig, None, BASE + [f"data={synth}", f"out={tmp_path}", "batch_size=5000"])
     with pytest.raises(ValueError, match="fewer than one global batch"):
         train(cfg)
+
+
+def test_dual_warmup_leaves_the_fusion_weights_alone(synth, tmp_path) -> None:
+    run = tmp_path / "warm"
+    args = BASE + [f"data={synth}", "batch_size=8", "max_steps=2", "loss.fusion_start=1.0", f"out={run}"]
+    train(resolve(PretrainConfig, None, args))
+    rows = _metrics(run)
+    assert [r["mlm"] for r in rows] == [r["vtm"] for r in rows] == [0.0, 0.0]
+    assert rows[0]["egonce"] > 0
+    state = torch.load(run / "teacher.pt", map_location="cpu", weights_only=False)["model"]
+    gates = [v for k, v in state.items() if k.endswith(".gate")]
+    assert gates and all(v.abs().max() == 0 for v in gates)  # never used, so never moved from 0
