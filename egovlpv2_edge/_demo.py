@@ -35,7 +35,9 @@ class Demo:
     preset: str = "egovlpv2_small"  # teacher preset
     student_preset: str = "egovlpv2_edge"  # student preset
     student_model: dict[str, Any] = field(default_factory=dict)  # overrides merged over the student preset
-    steps: int = 150  # teacher pre-training steps
+    steps: int = 250  # teacher pre-training steps
+    fusion_start: float = 0.6  # share of them that trains the dual encoders alone (EgoNCE) before MLM and VTM join
+    video_lr_mult: float = 5.0  # the video encoder starts from scratch: 5x the (pretrained) text encoder's rate
     batch_size: int = 16  # pre-training and distillation clips per step (before scene negatives)
     qa_steps: int = 60  # QA fine-tuning steps
     qa_batch_size: int = 8
@@ -71,6 +73,12 @@ def _scale(demo: Demo) -> float:
     return 0.05 if demo.preset == "egovlpv2_test" else 1.0
 
 
+def _pretrain_estimate(demo: Demo) -> float:
+    """Seconds of teacher pre-training: dual-only steps cost about a third of full ones on this CPU."""
+    dual = round(demo.fusion_start * demo.steps)
+    return (1.4 * dual + 4.3 * (demo.steps - dual)) * _scale(demo)
+
+
 def stages() -> list[Stage]:
     """The demo's stages in order."""
     from egovlpv2_edge import _demo_eval as ev
@@ -80,7 +88,7 @@ def stages() -> list[Stage]:
     s = _scale
     return [
         Stage("data", "synthetic egocentric data", "data/meta.json", tr.stage_data, lambda d: 1.5 * d.videos + 5),
-        Stage("pretrain", "teacher pre-training", "teacher/teacher.pt", tr.stage_teacher, lambda d: 4 * d.steps * s(d)),
+        Stage("pretrain", "teacher pre-training", "teacher/teacher.pt", tr.stage_teacher, _pretrain_estimate),
         Stage("qa", "teacher QA fine-tuning", "qa/finetuned.pt", tr.stage_qa, lambda d: 1.6 * d.qa_steps * s(d) + 10),
         Stage(
             "distill",
@@ -173,6 +181,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--student-preset", default=d.student_preset, help="student preset (%(default)s)")
     g.add_argument("--student-model", default="{}", help="JSON overrides merged over the student preset")
     g.add_argument("--steps", type=int, default=d.steps, help="teacher pre-training steps (%(default)s)")
+    g.add_argument(
+        "--fusion-start", type=float, default=d.fusion_start,
+        help="share of the pre-training steps with EgoNCE alone before MLM and VTM join (%(default)s)",
+    )  # fmt: skip
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="pre-training/distillation batch (%(default)s)")
     g.add_argument("--qa-steps", type=int, default=d.qa_steps, help="QA fine-tuning steps (%(default)s)")
     g.add_argument("--qa-batch-size", type=int, default=d.qa_batch_size, help="QA fine-tuning batch (%(default)s)")
@@ -195,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     demo = Demo(
         out, videos=args.videos, preset=args.preset, student_preset=args.student_preset,
-        student_model=json.loads(args.student_model), steps=args.steps, batch_size=args.batch_size,
+        student_model=json.loads(args.student_model), steps=args.steps, fusion_start=args.fusion_start,
+        batch_size=args.batch_size,
         qa_steps=args.qa_steps, qa_batch_size=args.qa_batch_size, distill_steps=args.distill_steps,
         quant_clips=args.quant_clips, quant_methods=tuple(args.quant_methods), eval_limit=args.eval_limit,
         day_minutes=args.day_minutes, seed=args.seed,
