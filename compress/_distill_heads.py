@@ -66,18 +66,16 @@ class FinetunedQAHook:
 
     def load(self, checkpoint: Mapping[str, Any], model: EgoVLPv2) -> nn.Module | None:
         """The fusion-mode QA head of ``checkpoint["task"]``, or None."""
+        from egovlpv2_edge.training.tasks.checkpoint import qa_task_head
+
         task = checkpoint.get("task")
-        if not isinstance(task, Mapping) or task.get("mode") != "fusion" or not task.get("head_config"):
+        found = qa_task_head(task)
+        if found is None or found[1] != "fusion":
             return None
-        if task["head_config"].get("kind") != "qa" or task.get("head") is None:
-            return None
+        head = found[0]
         if task["head_config"].get("in_dim") != model.cfg.video.width:
             raise DistillError(f"QA head in_dim {task['head_config'].get('in_dim')} does not fit the video width "
                                f"{model.cfg.video.width} of the model stored with it")  # fmt: skip
-        from egovlpv2_edge.training.tasks.heads import build_head
-
-        head = build_head(dict(task["head_config"]))
-        head.load_state_dict(task["head"])
         self._payloads[id(head)] = dict(task)
         return head
 

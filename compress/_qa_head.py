@@ -107,18 +107,16 @@ def checkpoint_qa_head(checkpoint: str | Path | Mapping[str, Any]) -> Checkpoint
     ckpt = checkpoint
     if not isinstance(ckpt, Mapping):
         ckpt = torch.load(ckpt, map_location="cpu", weights_only=True)
-    task = ckpt.get("task")
-    if not isinstance(task, Mapping) or not task.get("head_config") or task.get("head") is None:
-        return None
-    if task["head_config"].get("kind") != "qa":
-        return None
-    if task.get("mode") != "fusion":
-        log.warning("the checkpoint's QA head is %r-mode (unfused features): not exported", task.get("mode"))
-        return None
-    from egovlpv2_edge.training.tasks.heads import build_head
+    from egovlpv2_edge.training.tasks.checkpoint import qa_task_head
 
-    head = build_head(dict(task["head_config"]))
-    head.load_state_dict(task["head"])
+    task = ckpt.get("task")
+    found = qa_task_head(task)
+    if found is None:
+        return None
+    head, mode = found
+    if mode != "fusion":
+        log.warning("the checkpoint's QA head is %r-mode (unfused features): not exported", mode)
+        return None
     answers = tuple((task.get("vocab") or {}).get("answers") or ())
     if len(answers) != qa_answers(head):
         raise ValueError(

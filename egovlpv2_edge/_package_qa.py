@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 from egovlpv2_edge._interfaces import read_interface
 from egovlpv2_edge._package_errors import REBUILD as _REBUILD
 from egovlpv2_edge._package_errors import AnswerVocabError, GraphMismatchError
-from egovlpv2_edge.graphs import QA_OUTPUT, QA_VOCAB
+from egovlpv2_edge.graphs import QA_OUTPUT, QA_VOCAB, qa_answer_count
 
 ANSWER_VOCABS_FILE = "answer_vocabs.json"  # written beside exported graphs: head name -> answer strings
 
@@ -56,12 +57,12 @@ def qa_answers_in_files(paths: Iterable[str | Path]) -> int | None:
             found[str(path)] = None
             continue
         _, shape = outputs[QA_OUTPUT]
-        if shape is None or len(shape) != 2 or not isinstance(shape[1], int) or shape[1] < 2:
+        try:
+            found[str(path)] = qa_answer_count([SimpleNamespace(name=QA_OUTPUT, shape=tuple(shape or ()))])
+        except ValueError as err:
             raise GraphMismatchError(
-                f"graph 'fused_upper' ({path}): {QA_OUTPUT} has shape {shape}, expected (batch, num_answers >= 2); "
-                "re-export the graph with its QA head"
-            )
-        found[str(path)] = int(shape[1])
+                f"graph 'fused_upper' ({path}): {err}; re-export the graph with its QA head"
+            ) from err
     if len(set(found.values())) > 1:
         raise GraphMismatchError(
             f"the precisions of graph 'fused_upper' disagree on the QA head ({QA_OUTPUT} answers per file: {found}); "

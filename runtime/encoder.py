@@ -152,13 +152,7 @@ class PackageEncoder:
     def fused(self, tokens: np.ndarray, text: str) -> dict[str, np.ndarray]:
         """Outputs of the fused top layers (gates on) for each clip ``tokens`` ``(B, T, Dv)`` with ``text``."""
         _, states, _, mask = self._text(text)
-        tokens = np.ascontiguousarray(tokens, dtype=np.float32)  # the index may keep them as float16
-        B = tokens.shape[0]
-        name = self.specs["fused_upper"].input_names[0]
-        return self._run(
-            "fused_upper",
-            {name: tokens, "text_tokens": np.repeat(states, B, 0), "attention_mask": np.repeat(mask, B, 0)},
-        )
+        return self._fuse(tokens, states, mask)
 
     def fused_pairs(self, tokens: np.ndarray, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Fused outputs for every (text, clip) pair in one batch: row ``c * B + b`` pairs ``texts[c]`` with clip b.
@@ -170,14 +164,17 @@ class PackageEncoder:
             check_query(text)
         batch = self.tokenizer.encode(list(texts), max_length=self.package.config.text.max_length)
         states = self._run("text_lower", {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})
-        states = states["text_tokens"]  # (C, L, Dt)
-        tokens = np.ascontiguousarray(tokens, dtype=np.float32)
-        B, C = tokens.shape[0], len(texts)
+        return self._fuse(tokens, states["text_tokens"], batch.attention_mask)
+
+    def _fuse(self, tokens: np.ndarray, states: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+        """``fused_upper`` over every (text, clip) pair, text-major: clips ``(B, T, Dv)``, texts ``(C, L, Dt)``."""
+        tokens = np.ascontiguousarray(tokens, dtype=np.float32)  # the index may keep them as float16
+        B, C = tokens.shape[0], states.shape[0]
         name = self.specs["fused_upper"].input_names[0]
         feeds = {
-            name: np.tile(tokens, (C, 1, 1)),
+            name: tokens if C == 1 else np.tile(tokens, (C, 1, 1)),
             "text_tokens": np.repeat(states, B, 0),
-            "attention_mask": np.repeat(batch.attention_mask, B, 0),
+            "attention_mask": np.repeat(mask, B, 0),
         }
         return self._run("fused_upper", feeds)
 

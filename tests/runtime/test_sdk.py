@@ -68,12 +68,17 @@ def test_ask_scores_choices_with_the_fused_layers(package: Path, streamed: Path)
         assert {"search", "ask"} <= set(rt.stats().latency)
 
 
+def _declare_qa_head(rt) -> None:
+    """Make the open runtime believe its fused graph has a 3-answer QA head (cup, box, bowl)."""
+    spec = rt.encoder.specs["fused_upper"]
+    qa = dataclasses.replace(spec.outputs[0], name="qa_logits", shape=("batch", 3))
+    rt.encoder.specs = {**rt.encoder.specs, "fused_upper": dataclasses.replace(spec, outputs=(*spec.outputs, qa))}
+    rt.package.manifest = dataclasses.replace(rt.package.manifest, answer_vocabs={"qa": ("cup", "box", "bowl")})
+
+
 def test_ask_uses_a_qa_head_when_the_package_has_one(package: Path, streamed: Path) -> None:
     with egovlpv2_edge.open(package, index=streamed) as rt:
-        spec = rt.encoder.specs["fused_upper"]
-        qa = dataclasses.replace(spec.outputs[0], name="qa_logits", shape=("batch", 3))
-        rt.encoder.specs = {**rt.encoder.specs, "fused_upper": dataclasses.replace(spec, outputs=(*spec.outputs, qa))}
-        rt.package.manifest = dataclasses.replace(rt.package.manifest, answer_vocabs={"qa": ("cup", "box", "bowl")})
+        _declare_qa_head(rt)
 
         def with_head(tokens: np.ndarray, text: str) -> dict[str, np.ndarray]:  # what a graph with a QA head gives
             B = tokens.shape[0]
@@ -123,10 +128,7 @@ def test_ask_without_choices_answers_with_the_packaged_qa_head(
 
 def test_ask_mixes_the_clips_answers_by_how_well_they_match(package: Path, streamed: Path) -> None:
     with egovlpv2_edge.open(package, index=streamed) as rt:
-        spec = rt.encoder.specs["fused_upper"]
-        qa = dataclasses.replace(spec.outputs[0], name="qa_logits", shape=("batch", 3))
-        rt.encoder.specs = {**rt.encoder.specs, "fused_upper": dataclasses.replace(spec, outputs=(*spec.outputs, qa))}
-        rt.package.manifest = dataclasses.replace(rt.package.manifest, answer_vocabs={"qa": ("cup", "box", "bowl")})
+        _declare_qa_head(rt)
         qa_logits = np.array([[0.0, 4.0, 0.0], [4.0, 0.0, 0.0], [0.0, 0.0, 4.0]], np.float32)  # clip i says answer i'
         vtm = np.array([[0.0, 2.0], [0.0, 1.0], [3.0, 0.0]], np.float32)  # log-odds 2, 1, -3: clip 0 matches best
         rt.encoder.fused = lambda tokens, text: {"vtm_logits": vtm, "qa_logits": qa_logits}

@@ -16,6 +16,7 @@ reads it and compression and the runtime need no side files.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from egovlpv2_edge.model import EgoVLPv2
 from egovlpv2_edge.tokenizer import Tokenizer
 from egovlpv2_edge.training.tasks.heads import build_head
 
-__all__ = ["FinetunedRun", "TaskCheckpointError", "load_backbone", "load_finetuned", "save_finetuned"]
+__all__ = ["FinetunedRun", "TaskCheckpointError", "load_backbone", "load_finetuned", "qa_task_head", "save_finetuned"]
 
 
 class TaskCheckpointError(ValueError):
@@ -105,6 +106,17 @@ def save_finetuned(path: str | Path, model: EgoVLPv2, tokenizer_file: str | Path
                     run_config=run_config)  # fmt: skip
     tmp.replace(path)
     return path
+
+
+def qa_task_head(task: Any) -> tuple[nn.Module, str] | None:
+    """The QA head a checkpoint's ``task`` entry carries (built, weights loaded) and its mode; None without one."""
+    if not isinstance(task, Mapping) or not task.get("head_config") or task.get("head") is None:
+        return None
+    if task["head_config"].get("kind") != "qa":
+        return None
+    head = build_head(dict(task["head_config"]))
+    head.load_state_dict(task["head"])
+    return head, str(task.get("mode", ""))
 
 
 def load_finetuned(path: str | Path, expect: str | None = None, tokenizer: str | Path | None = None) -> FinetunedRun:
