@@ -97,18 +97,31 @@ def search_latency(dim: int, clips: int, queries: int, work: Path) -> tuple[list
     return ours, theirs
 
 
-def ask_latency(package: Path, index: Path, repeats: int) -> list[float]:
-    """Per-call seconds of ask over 5 clips with 3 choices; every question is new (no text cache hits)."""
+def ask_latency(package: Path, index: Path, repeats: int) -> tuple[list[float], list[float] | None]:
+    """Per-call seconds of ask over 5 clips: with 3 choices, and free-form by the QA head (None without one).
+
+    Every question is new (no text cache hits).
+    """
     import egovlpv2_edge
+    from egovlpv2_edge.runtime.sdk import NoQAHeadError
 
     with egovlpv2_edge.open(package, index=index) as rt:
         rt.ask("what did C pick up first?", ["the cup", "the box", "the bowl"], k=5)  # warm-up
-        times = []
+        choices = []
         for i in range(repeats):
             t0 = time.perf_counter()
             rt.ask(f"what did C pick up {i}?", [f"the cup {i}", f"the box {i}", f"the bowl {i}"], k=5)
-            times.append(time.perf_counter() - t0)
-    return times
+            choices.append(time.perf_counter() - t0)
+        try:
+            rt.ask("what did C open first?", k=5)  # warm-up
+        except NoQAHeadError:
+            return choices, None
+        free = []
+        for i in range(repeats):
+            t0 = time.perf_counter()
+            rt.ask(f"what did C open {i}?", k=5)
+            free.append(time.perf_counter() - t0)
+    return choices, free
 
 
 def _ms(times: list[float], pct: float) -> str:
@@ -134,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
         dim = open_package(package).config.heads.embed_dim
         ours, theirs = search_latency(dim, args.clips, args.queries, work)
-        asks = ask_latency(package, work / "stream_ix", args.asks)
+        asks, free_asks = ask_latency(package, work / "stream_ix", args.asks)
     threads = os.environ.get("OMP_NUM_THREADS", "default")
     print(f"\nruntime benchmark on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"OMP_NUM_THREADS={threads}; package {package.name}, video {video.name}")  # fmt: skip
@@ -147,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         (f"search, {args.clips:,} clips, top-10 (p95)", _ms(ours, 95),
          "faiss IndexFlatIP: " + (_ms(theirs, 95) if theirs else "not installed")),
         ("ask, 5 clips, 3 choices (p95)", _ms(asks, 95), f"p50 {_ms(asks, 50)}"),
+        ("ask, 5 clips, QA head, no choices (p95)", _ms(free_asks, 95) if free_asks else "no QA head",
+         f"p50 {_ms(free_asks, 50)}" if free_asks else "the package has no qa_logits output"),
     ]  # fmt: skip
     width = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:

@@ -77,12 +77,11 @@ def table(report: object) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``egovlp compress quantize``; 0 on success, 1 on a package/data failure, 2 on bad arguments."""
-    from tqdm import tqdm
-
     from egovlpv2_edge.compress._measure import SelectionRule
     from egovlpv2_edge.compress.calibration import CalibrationError
     from egovlpv2_edge.compress.quantize import QuantizationError, quantize_package
     from egovlpv2_edge.package import PackageError
+    from egovlpv2_edge.progress import progress
 
     try:
         ignore = _ignore(args.ignore)
@@ -90,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"egovlp compress quantize: {exc}", file=sys.stderr)
         return 2
     rule = SelectionRule(args.min_cosine, args.max_logit_diff, min_speedup=args.min_speedup)
-    bar = tqdm(total=len(args.graphs or GRAPH_NAMES), desc="quantize", unit="graph", file=sys.stderr, disable=None)
+    bar = progress(total=len(args.graphs or GRAPH_NAMES), desc="quantize", unit="graph")
 
     def progress(graph: str) -> None:
         bar.set_postfix_str(graph)

@@ -125,10 +125,10 @@ def loop(
     shared: bool,
     spe: int,
 ) -> None:
-    from tqdm import tqdm
+    from egovlpv2_edge.progress import progress
 
     cfg, info = run.cfg, run.info
-    bar = tqdm(total=run.total, initial=run.step, desc="distill", disable=not info.is_main, dynamic_ncols=True)
+    bar = progress(total=run.total, initial=run.step, desc="distill", disable=not info.is_main)
     t_last, clips = time.perf_counter(), 0
     while run.step < run.total and not (cfg.stop_at and run.step == cfg.stop_at):
         epoch, offset = divmod(run.step, spe)

@@ -76,8 +76,6 @@ def _table(rows: list[tuple[str, ...]]) -> str:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from egovlpv2_edge import create_model
     from egovlpv2_edge.compress.export import (
         ExportMismatchError,
@@ -87,6 +85,7 @@ def _export(args: argparse.Namespace) -> int:
         model_specs,
         write_answer_vocabs,
     )
+    from egovlpv2_edge.progress import progress
 
     try:
         model = create_model(args.preset, pretrained=None if args.checkpoint is None else str(args.checkpoint))
@@ -100,7 +99,7 @@ def _export(args: argparse.Namespace) -> int:
     specs = model_specs(model, head)
     names = args.graphs or list(GRAPH_NAMES)
     rows = []
-    bar = tqdm(names, desc="export", unit="graph", file=sys.stderr, disable=None)
+    bar = progress(names, desc="export", unit="graph")
     for name in bar:
         bar.set_postfix_str(name)
         try:

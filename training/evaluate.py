@@ -74,7 +74,7 @@ def evaluate_egomcq(
         limit: Evaluate only the first ``limit`` questions.
         seed: Seed of the frame shuffles.
     """
-    from tqdm import tqdm
+    from egovlpv2_edge.progress import progress
 
     model.eval()
     root = Path(data)
@@ -86,7 +86,7 @@ def evaluate_egomcq(
     counts = {"inter": 0, "intra": 0}
     subset = torch.utils.data.Subset(ds, range(n))
     loader = DataLoader(subset, batch_size=None, num_workers=1, prefetch_factor=4)  # decode while the model runs
-    for item in tqdm(loader, total=n, desc="EgoMCQ", dynamic_ncols=True, leave=False):
+    for item in progress(loader, total=n, desc="EgoMCQ", leave=False):
         videos = _shuffle_frames(item["video"], gen) if shuffle_frames else item["video"]
         kind = "inter" if item["types"] == 1 else "intra"
         counts[kind] += 1

@@ -248,9 +248,9 @@ def train(cfg: PretrainConfig) -> Path:
 
 
 def _loop(cfg, info: DistInfo, ddp, task, data, sampler, tokenizer, opt, sched, scaler, state, total, spe, out) -> None:
-    from tqdm import tqdm
+    from egovlpv2_edge.progress import progress
 
-    bar = tqdm(total=total, initial=state.step, desc="pretrain", disable=not info.is_main, dynamic_ncols=True)
+    bar = progress(total=total, initial=state.step, desc="pretrain", disable=not info.is_main)
     max_len = task.model.cfg.text.max_length
     t_last, clips = time.perf_counter(), 0
     while state.step < total:

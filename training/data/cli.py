@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from egovlpv2_edge.progress import progress
 
     cfg = SynthConfig(videos=args.videos, seed=args.seed, fps=args.fps, size=args.size,
                       chunk_seconds=args.chunk_seconds, min_actions=args.min_actions, max_actions=args.max_actions,
@@ -66,7 +66,7 @@ def _synth(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"egovlp data synth: {err}", file=sys.stderr)
         return 2
-    with tqdm(total=cfg.videos, desc="rendering videos", unit="video") as bar:
+    with progress(total=cfg.videos, desc="rendering videos", unit="video") as bar:
         s = generate_dataset(args.out, cfg, progress=bar.update)
     print(f"wrote {s.out_dir}: {s.videos} videos, {s.clips} clips, {s.duration_s / 3600:.2f} h, {s.frames} frames "
           f"({cfg.size}x{cfg.size} @ {cfg.fps:g} fps), {s.bytes / 2**20:.1f} MiB in {s.seconds:.1f} s")  # fmt: skip

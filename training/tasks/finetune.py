@@ -186,13 +186,13 @@ def finetune(cfg: FinetuneConfig) -> Path:
 
 def _loop(cfg: FinetuneConfig, setup: TaskSetup, opt: Any, sched: Any, total: int, spe: int, out: Path,
           device: torch.device) -> list[dict[str, float]]:  # fmt: skip
-    from tqdm import tqdm
+    from egovlpv2_edge.progress import progress
 
     sampler = GlobalBatchSampler(len(setup.data), cfg.batch_size, 0, 1, cfg.seed)
     metrics = out / "metrics.jsonl"
     metrics.write_text("")
     history: list[dict[str, float]] = []
-    bar = tqdm(total=total, desc=f"finetune {cfg.task}", dynamic_ncols=True)
+    bar = progress(total=total, desc=f"finetune {cfg.task}")
     step, t_last, seen = 0, time.perf_counter(), 0
     params = [p for g in opt.param_groups for p in g["params"]]
     base_lr = cfg.nlq.lr if cfg.task == "nlq" else cfg.optim.lr  # logged: the backbone rate (head rate for NLQ)

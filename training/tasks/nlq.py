@@ -81,14 +81,14 @@ def query_features(model: EgoVLPv2, tokens: torch.Tensor, tokenizer: Tokenizer, 
 def extract_features(model: EgoVLPv2, tokenizer: Tokenizer, store: ChunkedVideoStore, clips: Sequence[NLQClip],
                      window_s: float, max_queries: int = 0, progress: bool = True) -> list[QueryFeatures]:  # fmt: skip
     """Frozen-backbone features of every query of ``clips`` (at most ``max_queries`` in all when > 0)."""
-    from tqdm import tqdm
+    from egovlpv2_edge.progress import progress as progress_bar
 
     model.eval()
     todo = [(c, q) for c in clips for q in c.queries]
     if max_queries > 0:
         todo = todo[:max_queries]
     out, cached = [], None
-    for clip, q in tqdm(todo, desc="NLQ features", disable=not progress, dynamic_ncols=True, leave=False):
+    for clip, q in progress_bar(todo, desc="NLQ features", disable=not progress, leave=False):
         if cached is None or cached[0] != clip.clip_uid:
             cached = (clip.clip_uid, window_tokens(model, store, clip, window_s))
         feats = query_features(model, cached[1], tokenizer, q.query)
