@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     bar = progress(total=len(args.graphs or GRAPH_NAMES), desc="quantize", unit="graph")
 
     def progress(graph: str) -> None:
-        bar.set_postfix_str(graph)
+        bar.set_postfix_str(graph, refresh=False)
         bar.update(1)
 
     try:

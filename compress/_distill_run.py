@@ -156,7 +156,7 @@ def loop(
                 )
             run.history.append(row)
             bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", distill=f"{row['distill']:.3f}")
+            bar.set_postfix(loss=f"{row['loss']:.3f}", distill=f"{row['distill']:.3f}", refresh=False)
             if info.is_main:
                 with (run.out / "metrics.jsonl").open("a") as fh:
                     fh.write(json.dumps(row) + "\n")

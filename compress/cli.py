@@ -101,7 +101,7 @@ def _export(args: argparse.Namespace) -> int:
     rows = []
     bar = progress(names, desc="export", unit="graph")
     for name in bar:
-        bar.set_postfix_str(name)
+        bar.set_postfix_str(name, refresh=False)
         try:
             graph = export_one(model, name, args.out, validate=args.validate, qa_head=head)
         except ExportMismatchError as exc:

@@ -61,7 +61,13 @@ def _finetune(args: argparse.Namespace) -> int:
         print(f"egovlp train finetune: --init {cfg.init} does not exist; pre-train one with `egovlp train pretrain`",
               file=sys.stderr)  # fmt: skip
         return 2
-    final = finetune(cfg)
+    from egovlpv2_edge.training.tasks.checkpoint import TaskCheckpointError
+
+    try:
+        final = finetune(cfg)
+    except TaskCheckpointError as exc:
+        print(f"egovlp train finetune: {exc}", file=sys.stderr)
+        return 2
     print(f"fine-tuned {cfg.task} checkpoint: {final}")
     return 0
 

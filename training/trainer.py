@@ -301,7 +301,7 @@ def _loop(cfg, info: DistInfo, ddp, task, data, sampler, tokenizer, opt, sched, 
                 )
             state.history.append(row)
             bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.3f}")
+            bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
             if info.is_main:
                 with (out / "metrics.jsonl").open("a") as fh:
                     fh.write(json.dumps(row) + "\n")

@@ -227,7 +227,7 @@ def _loop(cfg: FinetuneConfig, setup: TaskSetup, opt: Any, sched: Any, total: in
             with metrics.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
             bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.3f}")
+            bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
             if step >= total:
                 break
     bar.close()

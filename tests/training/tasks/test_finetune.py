@@ -35,6 +35,16 @@ def _finetune(task: str, data: Path, out: Path, init: Path, *extra: str) -> Path
     return out / "finetuned.pt"
 
 
+def test_init_without_tokenizer_is_a_clear_cli_error(small_data, tmp_path, capsys) -> None:
+    bare = tmp_path / "bare" / "teacher.pt"  # no tokenizer embedded and no tokenizer.json beside it
+    bare.parent.mkdir()
+    save_checkpoint(create_model("egovlpv2_test"), bare, step=0)
+    args = ["finetune", "--task", "qa", "--init", str(bare), f"data={small_data}", f"out={tmp_path / 'qa'}", *COMMON]
+    assert train_main(args) == 2
+    err = capsys.readouterr().err
+    assert "embeds no tokenizer" in err and "tokenizer.json" in err
+
+
 def test_qa_finetune_run_outputs_and_checkpoint_vocab(small_data, pretrained, tmp_path, capsys) -> None:
     out = tmp_path / "qa"
     ckpt = _finetune("qa", small_data, out, pretrained, "max_steps=3")
