@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _egomcq_main(argv: list[str]) -> int:
-    from egovlpv2_edge.training.evaluate import evaluate_egomcq, evaluate_retrieval
+    from egovlpv2_edge.training.evaluate import evaluate_egomcq, evaluate_order_pairs, evaluate_retrieval
 
     p = argparse.ArgumentParser(prog="egovlp eval", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="task", required=True)
@@ -65,12 +65,22 @@ def _egomcq_main(argv: list[str]) -> int:
     model, tok = load_run(args.checkpoint, args.tokenizer)
     res = evaluate_egomcq(model, tok, args.data, shuffle_frames=args.shuffle_frames, limit=args.limit)
     recall = evaluate_retrieval(model, tok, args.data, split=args.split)
+    try:
+        order = evaluate_order_pairs(model, tok, args.data, split=args.split)
+    except ValueError as exc:  # a dataset without reverse verbs (e.g. real EgoClip): the test does not apply
+        print(f"order pairs: skipped ({exc})")
+        order = None
     print(f"EgoMCQ ({res.counts['inter']} inter, {res.counts['intra']} intra questions; chance 20%)")
     print(f"{'scoring':10s} {'inter':>7s} {'intra':>7s}")
     for scoring, acc in res.accuracy.items():
         print(f"{scoring:10s} {acc['inter']:7.1f} {acc['intra']:7.1f}")
     print("text-to-video " + "  ".join(f"{k} {v:.1f}" for k, v in recall.items()) + f" ({args.split} split)")
+    if order is not None:
+        print(f"order pairs ({order.clips} {args.split} clips, verb vs its reverse, dual; chance 50%): "
+              f"frames in order {order.in_order:.1f}, reversed {order.reversed:.1f}")  # fmt: skip
     if args.json:
         payload = {"egomcq": res.accuracy, "counts": res.counts, "retrieval": recall, "shuffled": args.shuffle_frames}
+        if order is not None:
+            payload["order_pairs"] = {"clips": order.clips, "in_order": order.in_order, "reversed": order.reversed}
         Path(args.json).write_text(json.dumps(payload, indent=2))
     return 0

@@ -3,7 +3,10 @@
 EgoMCQ scores each of the five candidate clips three ways: **dual** (cosine of the unfused embeddings),
 **fusion** (``softmax(VTM)[match]``, gates on) and their sum, the **ensemble** the paper reports; accuracy is
 split into inter-video (type 1) and intra-video (type 2) questions. Retrieval ranks every clip of a split for
-every narration (R@1/5/10; a hit is the narration's own clip).
+every narration (R@1/5/10; a hit is the narration's own clip). The **order-pair** test asks whether the model
+uses time: for each clip whose verb has a reverse in the taxonomy (pick up / put down, open / close, ...), the
+text with the clip's verb must beat the same text with the reverse verb, once with the frames in order and once
+played backwards. A model that reads the motion's direction is above 50% in order and below 50% reversed.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from torch.utils.data import DataLoader
 from egovlpv2_edge.model import EgoVLPv2
 from egovlpv2_edge.tokenizer import Tokenizer
 from egovlpv2_edge.training.data.dataset import EgoClipDataset, EgoMCQDataset
+from egovlpv2_edge.training.data.taxonomy import read_nouns, read_verbs
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +119,54 @@ def evaluate_retrieval(
     T = model.encode_text(torch.from_numpy(tok.input_ids), torch.from_numpy(tok.attention_mask), normalize=True)
     ranks = retrieval_ranks(T @ V.T)
     return {f"R@{k}": 100.0 * float((ranks < k).float().mean()) for k in (1, 5, 10)}
+
+
+@dataclass(frozen=True)
+class OrderResult:
+    """Order-pair accuracy (percent): the clip's verb beats its reverse, frames in order and reversed."""
+
+    clips: int  # clips of the split whose verb has a reverse
+    in_order: float
+    reversed: float
+
+
+@torch.no_grad()
+def evaluate_order_pairs(
+    model: EgoVLPv2, tokenizer: Tokenizer, data: str | Path, split: str = "test", batch_size: int = 16
+) -> OrderResult:
+    """Dual-mode order-pair test over the clips of ``split`` (texts from the dataset's verb and noun tables).
+
+    Raises:
+        ValueError: If no clip of the split has a verb with a reverse.
+    """
+    model.eval()
+    root = Path(data)
+    verbs, nouns = read_verbs(root / "verbs.csv"), read_nouns(root / "nouns.csv")
+    reverse = {int(v["id"]): v.get("reverse", "") for v in verbs}
+    by_key = {v["key"]: v for v in verbs}
+    v = model.cfg.video
+    ds = EgoClipDataset(root / "egoclip.csv", root / "videos", v.num_frames, v.img_size, split=split, mode="eval")
+    keep = [i for i, r in enumerate(ds.records) if len(r.tag_verb) == 1 and reverse.get(r.tag_verb[0])]
+    if not keep:
+        raise ValueError(f"no clip of split {split!r} has a verb with a reverse in {root / 'verbs.csv'}")
+    wins = {"in_order": 0, "reversed": 0}
+    subset = torch.utils.data.Subset(ds, keep)
+    loader = DataLoader(subset, batch_size=batch_size, collate_fn=lambda b: b)
+    for batch in loader:
+        right, wrong = [], []
+        for item in batch:
+            verb, noun = int(item["verb"].argmax()), nouns[int(item["noun"].argmax())]["name"]
+            right.append("#C C " + verbs[verb]["text"].format(n=noun))
+            wrong.append("#C C " + by_key[reverse[verb]]["text"].format(n=noun))
+        tok = tokenizer.encode(right + wrong, max_length=model.cfg.text.max_length)
+        t = model.encode_text(torch.from_numpy(tok.input_ids), torch.from_numpy(tok.attention_mask), normalize=True)
+        t_right, t_wrong = t[: len(batch)], t[len(batch) :]
+        frames = torch.stack([item["video"] for item in batch])
+        for name, clips in (("in_order", frames), ("reversed", frames.flip(1))):
+            emb = model.encode_video(clips, normalize=True)
+            wins[name] += int(((emb * t_right).sum(-1) > (emb * t_wrong).sum(-1)).sum())
+    n = len(keep)
+    return OrderResult(n, 100.0 * wins["in_order"] / n, 100.0 * wins["reversed"] / n)
 
 
 def retrieval_ranks(sim: torch.Tensor) -> torch.Tensor:

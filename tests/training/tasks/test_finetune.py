@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,57 @@ def test_finetune_cli_errors_are_clear(small_data, tmp_path, capsys) -> None:
     assert "does not exist" in capsys.readouterr().err
     assert train_main(["finetune", "--task", "qa", "bogus_key=1"]) == 2
     assert "unknown key(s) ['bogus_key']" in capsys.readouterr().err
+
+
+class _DirectionModel(torch.nn.Module):
+    """Reads a clip's motion direction perfectly: knows each clip's verb by its frames, and the reverse verb when the
+    frames are played backwards; texts embed as +1 for the lower id of a reverse pair and -1 for the higher."""
+
+    def __init__(self, data: Path) -> None:
+        super().__init__()
+        from egovlpv2_edge.training.data.dataset import EgoClipDataset
+        from egovlpv2_edge.training.data.taxonomy import read_verbs
+
+        self.cfg = create_model("egovlpv2_test").cfg
+        verbs = read_verbs(data / "verbs.csv")
+        ids = {v["key"]: int(v["id"]) for v in verbs}
+        pattern = {v["key"]: re.compile("#C C " + re.escape(v["text"]).replace(re.escape("{n}"), ".+")) for v in verbs}
+        self.sign = {pattern[v["key"]]: (1.0 if int(v["id"]) < ids[v["reverse"]] else -1.0)
+                     for v in verbs if v["reverse"]}  # fmt: skip
+        v = self.cfg.video
+        ds = EgoClipDataset(data / "egoclip.csv", data / "videos", v.num_frames, v.img_size, split="test", mode="eval")
+        self.clip_sign = {}
+        for item in ds:
+            verb = verbs[int(item["verb"].argmax())]
+            if verb["reverse"]:
+                s = 1.0 if int(verb["id"]) < ids[verb["reverse"]] else -1.0
+                self.clip_sign[item["video"].numpy().tobytes()] = s
+                self.clip_sign[item["video"].flip(0).numpy().tobytes()] = -s
+        self.texts: list[str] = []
+
+    def encode_video(self, frames: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        return torch.tensor([[self.clip_sign[f.numpy().tobytes()]] for f in frames])
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        texts, self.texts = self.texts, []
+        return torch.tensor([[next(s for p, s in self.sign.items() if p.fullmatch(t))] for t in texts])
+
+
+def test_order_pairs_score_direction_by_hand(small_data, pretrained) -> None:
+    from egovlpv2_edge.training.eval_cli import load_run
+    from egovlpv2_edge.training.evaluate import evaluate_order_pairs
+
+    _, tok = load_run(pretrained)
+    model = _DirectionModel(small_data)
+
+    class _Tok:  # records the texts so the stand-in text encoder can read their verbs
+        def encode(self, texts, max_length):
+            model.texts = list(texts)
+            return tok.encode(texts, max_length=max_length)
+
+    res = evaluate_order_pairs(model, _Tok(), small_data, split="test")
+    assert res.clips > 0
+    assert (res.in_order, res.reversed) == (100.0, 0.0)  # reads direction: right in order, wrong played backwards
+    model.encode_video = lambda frames, normalize=True: torch.ones(len(frames), 1)  # blind to the clip
+    blind = evaluate_order_pairs(model, _Tok(), small_data, split="test")
+    assert blind.in_order == blind.reversed  # a model that ignores the frames cannot tell the two apart
