@@ -326,12 +326,19 @@ def open_runtime(
     """
     pkg = package if isinstance(package, ModelPackage) else open_package(package)
     encoder = PackageEncoder(pkg, providers=providers, threads=threads, text_cache=text_cache)
-    clip_index = _open_index(pkg, Path(index), create=source is not None, max_token_clips=max_token_clips)
+    # the source opens first: one that does not open leaves no new, empty index behind
+    src = None if source is None else open_source(source, realtime=realtime, reconnect=reconnect,
+                                                      capture_factory=capture_factory)  # fmt: skip
     try:
-        if source is None:
+        clip_index = _open_index(pkg, Path(index), create=src is not None, max_token_clips=max_token_clips)
+    except BaseException:
+        if src is not None:
+            src.close()
+        raise
+    try:
+        if src is None:
             runtime = EdgeRuntime(pkg, encoder, clip_index)
         else:
-            src = open_source(source, realtime=realtime, reconnect=reconnect, capture_factory=capture_factory)
             options = dict(ring_frames=ring_frames, clip_queue=clip_queue, batch_size=batch_size)
             options |= dict(thumbnails=thumbnails, on_clip=on_clip, retention=retention)
 
@@ -342,6 +349,8 @@ def open_runtime(
             runtime = EdgeRuntime(pkg, encoder, clip_index, make_pipeline)
     except BaseException:
         clip_index.close()
+        if src is not None:
+            src.close()
         raise
     log.info("runtime ready: package %s, index %s (%d clips), providers %s", pkg.manifest.name, index,
              len(clip_index), sorted(set(encoder.providers.values())))  # fmt: skip

@@ -174,7 +174,11 @@ def test_unopenable_sources_are_named(package: Path, tmp_path: Path) -> None:
     absent = lambda target, api: FakeCapture([0], frames=0, opened=False)  # noqa: E731 - a camera that is not there
     with pytest.raises(SourceOpenError, match="could not open device source '3'.*v4l2-ctl"):
         egovlpv2_edge.open(package, 3, tmp_path / "ix", capture_factory=absent)
-    ClipIndex.open(tmp_path / "ix", 24).close()  # a failed open leaves the index unlocked
+    assert not (tmp_path / "ix").exists()  # a source that does not open leaves no empty index behind
+    egovlpv2_edge.open(package, 0, tmp_path / "ix", capture_factory=FakeCameraFactory()).close()
+    with pytest.raises(SourceOpenError):
+        egovlpv2_edge.open(package, 3, tmp_path / "ix", capture_factory=absent)
+    ClipIndex.open(tmp_path / "ix", 24).close()  # a failed open leaves an existing index unlocked
 
 
 def test_bad_packages_and_indexes_are_named(package: Path, streamed: Path, tmp_path: Path) -> None:
