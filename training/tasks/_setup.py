@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from egovlpv2_edge.model import EgoVLPv2
 from egovlpv2_edge.tokenizer import Tokenizer
+from egovlpv2_edge.training.distributed import DistInfo
 from egovlpv2_edge.training.tasks.finetune import FinetuneConfig, TaskSetup
 
 
@@ -39,7 +40,7 @@ def _tokens(tok: Tokenizer, texts: list[str], length: int, device: torch.device)
     return torch.from_numpy(b.input_ids).to(device), torch.from_numpy(b.attention_mask).to(device)
 
 
-def _qa(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, device: torch.device) -> TaskSetup:
+def _qa(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, device: torch.device, info: DistInfo) -> TaskSetup:
     from egovlpv2_edge.training.data.qa import QADataset, collate_qa, read_qa
     from egovlpv2_edge.training.tasks.qa import QATask, qa_text_length
 
@@ -50,24 +51,26 @@ def _qa(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, device: torch.devi
     task = QATask(model, qa.answer_set, cfg.qa.mode, cfg.qa.dropout, cfg.qa.mc_weight).to(device)
     length = qa_text_length(model, cfg.qa.text_length)
 
-    def step(batch: dict[str, Any], i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def step(run: nn.Module, batch: dict[str, Any], i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         ids, mask = _tokens(tok, batch["question"], length, device)
         mc_ids = mc_mask = None
         if task.mode == "fusion" and task.mc_weight > 0:
-            rng = np.random.default_rng([cfg.seed, i, 31])
+            first = info.rank * len(batch["question"])  # position of this process's first item in the global batch
             right, wrong = [], []
-            for q, ch, a in zip(batch["question"], batch["choices"], batch["answer_choice"].tolist(), strict=True):
-                others = [c for k, c in enumerate(ch) if k != a] or ["nothing"]
+            items = zip(batch["question"], batch["choices"], batch["answer_choice"].tolist(), strict=True)
+            for k, (q, ch, a) in enumerate(items):
+                rng = np.random.default_rng([cfg.seed, i, 31, first + k])  # the same draw on any process count
+                others = [c for j, c in enumerate(ch) if j != a] or ["nothing"]
                 right.append(f"{q} {ch[a]}" if ch else q)
                 wrong.append(f"{q} {others[int(rng.integers(len(others)))]}")
             mc_ids, mc_mask = _tokens(tok, right + wrong, length, device)
-        return task(batch["video"].to(device), ids, mask, batch["answer"].to(device), mc_ids, mc_mask)
+        return run(batch["video"].to(device), ids, mask, batch["answer"].to(device), mc_ids, mc_mask)
 
     params = {"text_length": length, "types": sorted({q.type for q in qa.items})}
     return TaskSetup(task, data, collate_qa, step, {"answers": list(qa.answer_set)}, params, task.head, cfg.qa.mode)
 
 
-def _retrieval(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, device: torch.device) -> TaskSetup:
+def _retrieval(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, device: torch.device, info: DistInfo) -> TaskSetup:
     from egovlpv2_edge.training.data.dataset import EgoClipDataset, collate
     from egovlpv2_edge.training.tasks.retrieval import RetrievalTask
 
@@ -78,9 +81,9 @@ def _retrieval(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, device: tor
     task = RetrievalTask(model, cfg.retrieval.margin).to(device)
     length = model.cfg.text.max_length
 
-    def step(batch: dict[str, Any], i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def step(run: nn.Module, batch: dict[str, Any], i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         ids, mask = _tokens(tok, batch["text"], length, device)
-        return task(batch["video"].to(device), ids, mask, batch["verb"].to(device), batch["noun"].to(device))
+        return run(batch["video"].to(device), ids, mask, batch["verb"].to(device), batch["noun"].to(device))
 
     return TaskSetup(task, data, collate, step, {}, {"margin": cfg.retrieval.margin}, None, "dual")
 
@@ -119,12 +122,12 @@ def collate_spans(items: list, window_s: float) -> dict[str, torch.Tensor]:
 class NLQHeadTask(nn.Module):
     """Frozen model + trainable span head."""
 
-    def __init__(self, model: EgoVLPv2, hidden: int, layers: int, heads: int) -> None:
+    def __init__(self, model: EgoVLPv2, hidden: int, layers: int, heads: int, dropout: float = 0.1) -> None:
         super().__init__()
         from egovlpv2_edge.training.tasks.heads import SpanHead
 
         self.model = model
-        self.head = SpanHead(model.cfg.video.width, hidden, layers, heads)
+        self.head = SpanHead(model.cfg.video.width, hidden, layers, heads, dropout)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Span loss of a padded batch."""
@@ -136,7 +139,7 @@ class NLQHeadTask(nn.Module):
         return loss, {"loss": loss.detach(), "span": loss.detach(), "exact": hit.detach()}
 
 
-def _nlq(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, device: torch.device) -> TaskSetup:
+def _nlq(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, device: torch.device, info: DistInfo) -> TaskSetup:
     from egovlpv2_edge.training.data.nlq import read_nlq
     from egovlpv2_edge.training.data.video import ChunkedVideoStore
     from egovlpv2_edge.training.tasks.nlq import extract_features
@@ -148,12 +151,13 @@ def _nlq(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, device: torch.dev
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
-    feats = extract_features(model, tok, store, clips, cfg.nlq.window_s, cfg.nlq.max_queries)
-    task = NLQHeadTask(model, cfg.nlq.hidden, cfg.nlq.layers, cfg.nlq.heads).to(device)
+    feats = extract_features(model, tok, store, clips, cfg.nlq.window_s, cfg.nlq.max_queries, info.is_main,
+                             shard=(info.rank, info.world_size))  # fmt: skip
+    task = NLQHeadTask(model, cfg.nlq.hidden, cfg.nlq.layers, cfg.nlq.heads, cfg.nlq.dropout).to(device)
     task.head.train()
 
-    def step(batch: dict[str, torch.Tensor], i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return task({k: v.to(device) for k, v in batch.items()})
+    def step(run: nn.Module, batch: dict[str, torch.Tensor], i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return run({k: v.to(device) for k, v in batch.items()})
 
     def collate(items: list) -> dict[str, torch.Tensor]:
         return collate_spans(items, cfg.nlq.window_s)
@@ -163,6 +167,6 @@ def _nlq(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, device: torch.dev
     return TaskSetup(task, _FeatureSet(feats), collate, step, {}, params, task.head, "fusion")
 
 
-def build(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, device: torch.device) -> TaskSetup:
+def build(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, device: torch.device, info: DistInfo) -> TaskSetup:
     """The task's setup for :func:`~egovlpv2_edge.training.tasks.finetune.finetune`."""
-    return {"qa": _qa, "retrieval": _retrieval, "nlq": _nlq}[cfg.task](cfg, model, tok, device)
+    return {"qa": _qa, "retrieval": _retrieval, "nlq": _nlq}[cfg.task](cfg, model, tok, device, info)

@@ -1,6 +1,7 @@
 """``egovlp train finetune --task qa|retrieval|nlq``: task fine-tuning from a pre-trained checkpoint.
 
-One loop for the three tasks, shaped like the pre-training trainer: seeded global batches
+One loop for the three tasks, shaped like the pre-training trainer and, like it, run as one process or under
+``torchrun`` (gloo on CPU, NCCL on GPU; ``batch_size`` is the global batch): seeded global batches
 (:class:`~egovlpv2_edge.training.trainer.GlobalBatchSampler`), AdamW with the reference's parameter groups plus
 the task head at the head rate, cosine schedule with warmup, a progress bar and a step log, per-step metrics
 in ``metrics.jsonl`` with a PNG of the curves, and the resolved config saved with the run. The final
@@ -9,7 +10,11 @@ checkpoint (``<out>/finetuned.pt``) carries the task head and its vocabularies (
 * ``qa``: end to end, fusion (or ``qa.mode=dual`` for the unfused baseline), CE over the answer set plus the
   multiple-choice VTM loss;
 * ``retrieval``: end to end, dual, multi-instance max-margin ranking with verb/noun relevancy;
-* ``nlq``: frozen backbone, fusion features per window computed once, only the span head trains.
+* ``nlq``: frozen backbone, fusion features per window computed once (each process computes its share of the
+  videos, then every process holds all of them), only the span head trains.
+
+Each process logs the mean of the processes' values, so a run on N processes logs the same losses as one process
+with the same global batch.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from egovlpv2_edge import create_model
 from egovlpv2_edge.runconfig import save_resolved
 from egovlpv2_edge.tokenizer import Tokenizer
 from egovlpv2_edge.training.curves import plot_curves
+from egovlpv2_edge.training.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from egovlpv2_edge.training.optim import cosine_schedule, param_groups
 from egovlpv2_edge.training.tasks.checkpoint import load_backbone, save_finetuned
 from egovlpv2_edge.training.trainer import GlobalBatchSampler, OptimConfig
@@ -64,6 +70,7 @@ class NLQConfig:
     hidden: int = 128  # span head width
     layers: int = 1  # span head Transformer layers
     heads: int = 2  # span head attention heads
+    dropout: float = 0.1  # span head dropout
     lr: float = 1e-3  # head learning rate (the backbone is frozen)
     max_queries: int = 0  # cap on training queries (0 = all)
 
@@ -93,12 +100,6 @@ class FinetuneConfig:
     device: str = "auto"
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _autocast(amp: str, device: torch.device) -> Any:
     if amp == "off":
         return torch.autocast(device.type, enabled=False)
@@ -109,17 +110,18 @@ def _autocast(amp: str, device: torch.device) -> Any:
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def _backbone(cfg: FinetuneConfig, out: Path) -> tuple[nn.Module, Tokenizer]:
-    """The starting model and tokenizer; the tokenizer is saved as ``out/tokenizer.json``."""
+def _backbone(cfg: FinetuneConfig, out: Path, main: bool) -> tuple[nn.Module, Tokenizer]:
+    """The starting model and tokenizer; the main process saves the tokenizer as ``out/tokenizer.json``."""
     if cfg.init:
         model, tok = load_backbone(cfg.init)
-        tok.save(out / "tokenizer.json")
+        if main:
+            tok.save(out / "tokenizer.json")
         return model, tok
     from egovlpv2_edge.training.text import load_or_train_tokenizer
 
     log.warning("no init= checkpoint: fine-tuning a freshly initialised %s (pass init=<teacher.pt>)", cfg.preset)
     model = create_model(cfg.preset, **cfg.model)
-    tok = load_or_train_tokenizer(model.cfg.text, Path(cfg.data) / "egoclip.csv", out / "tokenizer.json")
+    tok = load_or_train_tokenizer(model.cfg.text, Path(cfg.data) / "egoclip.csv", out / "tokenizer.json", main)
     return model, tok
 
 
@@ -145,7 +147,8 @@ class TaskSetup:
     task: nn.Module
     data: Any  # a Dataset (len, getitem, optional set_epoch)
     collate: Callable[[list], Any]
-    step: Callable[[Any, int], tuple[torch.Tensor, dict[str, torch.Tensor]]]  # (batch, step) -> loss, logs
+    # (module, batch, step) -> loss to back-propagate, logs; ``module`` is ``task`` or its DDP wrapper
+    step: Callable[[nn.Module, Any, int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
     vocab: dict[str, list[str]]
     params: dict[str, Any]
     head: nn.Module | None
@@ -153,46 +156,66 @@ class TaskSetup:
 
 
 def finetune(cfg: FinetuneConfig) -> Path:
-    """Run fine-tuning; returns the final checkpoint ``<out>/finetuned.pt``."""
+    """Run fine-tuning (one process, or each process of a ``torchrun`` launch); returns ``<out>/finetuned.pt``."""
     if cfg.task not in TASKS:
         raise ValueError(f"task={cfg.task!r}; valid: {', '.join(TASKS)}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    device = _device(cfg.device)
+    info = init_distributed(cfg.device)
+    try:
+        return _finetune(cfg, info)
+    finally:
+        cleanup()
+
+
+def _finetune(cfg: FinetuneConfig, info: DistInfo) -> Path:
+    if cfg.batch_size % info.world_size:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {info.world_size} processes")
+    device = info.device
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    model, tok = _backbone(cfg, out)
+    model, tok = _backbone(cfg, out, info.is_main)
     model = model.to(device).train()
     from egovlpv2_edge.training.tasks import _setup
 
-    setup = _setup.build(cfg, model, tok, device)
+    setup = _setup.build(cfg, model, tok, device, info)
     opt = _optimizer(cfg, setup.task)
     steps_per_epoch = len(setup.data) // cfg.batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"{len(setup.data)} training items, fewer than one batch of {cfg.batch_size}")
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
     sched = cosine_schedule(opt, total, cfg.optim.warmup)
-    save_resolved(cfg, out)
-    log.info("fine-tuning %s (%s): %d items, %d steps (%d per epoch), batch %d", cfg.task, setup.mode,
-             len(setup.data), total, steps_per_epoch, cfg.batch_size)  # fmt: skip
-    history = _loop(cfg, setup, opt, sched, total, steps_per_epoch, out, device)
-    final = save_finetuned(out / "finetuned.pt", model, out / "tokenizer.json", cfg.task, setup.mode, setup.head,
-                           setup.vocab, setup.params, dataclasses.asdict(cfg), len(history))  # fmt: skip
-    _plot(history, out / "curves.png", cfg.task)
-    log.info("wrote %s and %s", final, out / "curves.png")
+    if info.is_main:
+        save_resolved(cfg, out)
+    log.info("fine-tuning %s (%s): %d items, %d steps (%d per epoch), global batch %d on %d process(es)", cfg.task,
+             setup.mode, len(setup.data), total, steps_per_epoch, cfg.batch_size, info.world_size)  # fmt: skip
+    run: nn.Module = setup.task
+    if info.world_size > 1:  # a task leaves parts of the model unused (the fused layers in retrieval, ...)
+        ids = [device.index] if device.type == "cuda" else None
+        run = torch.nn.parallel.DistributedDataParallel(setup.task, device_ids=ids, find_unused_parameters=True)
+    history = _loop(cfg, setup, run, opt, sched, total, steps_per_epoch, out, info)
+    final = out / "finetuned.pt"
+    if info.is_main:
+        save_finetuned(final, model, out / "tokenizer.json", cfg.task, setup.mode, setup.head, setup.vocab,
+                       setup.params, dataclasses.asdict(cfg), len(history))  # fmt: skip
+        _plot(history, out / "curves.png", cfg.task)
+        log.info("wrote %s and %s", final, out / "curves.png")
+    barrier()
     return final
 
 
-def _loop(cfg: FinetuneConfig, setup: TaskSetup, opt: Any, sched: Any, total: int, spe: int, out: Path,
-          device: torch.device) -> list[dict[str, float]]:  # fmt: skip
+def _loop(cfg: FinetuneConfig, setup: TaskSetup, run: nn.Module, opt: Any, sched: Any, total: int, spe: int,
+          out: Path, info: DistInfo) -> list[dict[str, float]]:  # fmt: skip
     from egovlpv2_edge.progress import progress
 
-    sampler = GlobalBatchSampler(len(setup.data), cfg.batch_size, 0, 1, cfg.seed)
+    device, world = info.device, info.world_size
+    sampler = GlobalBatchSampler(len(setup.data), cfg.batch_size, info.rank, world, cfg.seed)
     metrics = out / "metrics.jsonl"
-    metrics.write_text("")
+    if info.is_main:
+        metrics.write_text("")
     history: list[dict[str, float]] = []
-    bar = progress(total=total, desc=f"finetune {cfg.task}")
+    bar = progress(total=total, desc=f"finetune {cfg.task}", disable=not info.is_main)
     step, t_last, seen = 0, time.perf_counter(), 0
     params = [p for g in opt.param_groups for p in g["params"]]
     base_lr = cfg.nlq.lr if cfg.task == "nlq" else cfg.optim.lr  # logged: the backbone rate (head rate for NLQ)
@@ -205,7 +228,8 @@ def _loop(cfg: FinetuneConfig, setup: TaskSetup, opt: Any, sched: Any, total: in
         loader = DataLoader(setup.data, batch_sampler=sampler, collate_fn=setup.collate, num_workers=workers)
         for batch in loader:
             with _autocast(cfg.amp, device):
-                loss, logs = setup.step(batch, step)
+                loss, logs = setup.step(run, batch, step)
+            logs = {k: all_reduce_sum(v.float()) / world for k, v in logs.items()}  # the mean over processes
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.grad_clip:
@@ -216,7 +240,7 @@ def _loop(cfg: FinetuneConfig, setup: TaskSetup, opt: Any, sched: Any, total: in
             seen += cfg.batch_size
             factor = sched.get_last_lr()[0] / opt.param_groups[0]["initial_lr"]
             row = {k: float(v) for k, v in logs.items()} | {"step": step, "lr": base_lr * factor}
-            if step % cfg.log_every == 0 or step == total:
+            if info.is_main and (step % cfg.log_every == 0 or step == total):
                 now = time.perf_counter()
                 row["items_per_s"] = seen / (now - t_last)
                 t_last, seen = now, 0
@@ -224,8 +248,9 @@ def _loop(cfg: FinetuneConfig, setup: TaskSetup, opt: Any, sched: Any, total: in
                 log.info("step %d/%d loss %.4f (%s) lr %.2e %.1f items/s", step, total, row["loss"], parts,
                          row["lr"], row["items_per_s"])  # fmt: skip
             history.append(row)
-            with metrics.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
+            if info.is_main:
+                with metrics.open("a") as fh:
+                    fh.write(json.dumps(row) + "\n")
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
             if step >= total:

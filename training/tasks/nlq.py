@@ -79,21 +79,33 @@ def query_features(model: EgoVLPv2, tokens: torch.Tensor, tokenizer: Tokenizer, 
 
 
 def extract_features(model: EgoVLPv2, tokenizer: Tokenizer, store: ChunkedVideoStore, clips: Sequence[NLQClip],
-                     window_s: float, max_queries: int = 0, progress: bool = True) -> list[QueryFeatures]:  # fmt: skip
-    """Frozen-backbone features of every query of ``clips`` (at most ``max_queries`` in all when > 0)."""
+                     window_s: float, max_queries: int = 0, progress: bool = True,
+                     shard: tuple[int, int] = (0, 1)) -> list[QueryFeatures]:  # fmt: skip
+    """Frozen-backbone features of every query of ``clips`` (at most ``max_queries`` in all when > 0).
+
+    With ``shard=(rank, world)`` inside a process group, each process computes the queries of every
+    ``world``-th video and all of them end up with the whole list, in the same order as one process.
+    """
     from egovlpv2_edge.progress import progress as progress_bar
 
+    rank, world = shard
     model.eval()
     todo = [(c, q) for c in clips for q in c.queries]
     if max_queries > 0:
         todo = todo[:max_queries]
+    order = {uid: k for k, uid in enumerate(dict.fromkeys(c.clip_uid for c, _ in todo))}
+    mine = [(i, c, q) for i, (c, q) in enumerate(todo) if order[c.clip_uid] % world == rank]
     out, cached = [], None
-    for clip, q in progress_bar(todo, desc="NLQ features", disable=not progress, leave=False):
+    for i, clip, q in progress_bar(mine, desc="NLQ features", disable=not progress, leave=False):
         if cached is None or cached[0] != clip.clip_uid:
             cached = (clip.clip_uid, window_tokens(model, store, clip, window_s))
         feats = query_features(model, cached[1], tokenizer, q.query)
-        out.append(QueryFeatures(feats.cpu(), (q.start, q.end), clip.duration, q.query, clip.clip_uid))
-    return out
+        out.append((i, QueryFeatures(feats.cpu(), (q.start, q.end), clip.duration, q.query, clip.clip_uid)))
+    if world > 1:
+        parts: list[list] = [[] for _ in range(world)]
+        torch.distributed.all_gather_object(parts, out)
+        out = sorted((x for part in parts for x in part), key=lambda x: x[0])
+    return [f for _, f in out]
 
 
 def span_targets(gt: tuple[float, float], n: int, window_s: float) -> tuple[int, int]:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from egovlpv2_edge.model import EgoVLPv2
+from egovlpv2_edge.training.distributed import gather_no_grad, gather_with_local_grad, world_size
 
 __all__ = ["RetrievalTask", "multi_instance_margin_loss", "relevancy_from_tags"]
 
@@ -74,9 +75,12 @@ class RetrievalTask(nn.Module):
     def forward(self, video: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, verb: torch.Tensor,
                 noun: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
         """Loss of one batch of clips ``(B, F, 3, H, W)``, their captions and multi-hot tags."""
-        v = self.model.encode_video(video, normalize=True)  # (B, E)
-        t = self.model.encode_text(ids, mask, normalize=True)  # (B, E)
-        sim = t @ v.T  # (B, B) texts x clips
-        loss = multi_instance_margin_loss(sim, relevancy_from_tags(verb, noun), self.margin)
+        # over the global batch: embeddings gathered from every process, gradients kept on the local slice
+        v = gather_with_local_grad(self.model.encode_video(video, normalize=True))  # (N, E)
+        t = gather_with_local_grad(self.model.encode_text(ids, mask, normalize=True))  # (N, E)
+        sim = t @ v.T  # (N, N) texts x clips
+        rel = relevancy_from_tags(gather_no_grad(verb), gather_no_grad(noun))
+        loss = multi_instance_margin_loss(sim, rel, self.margin)
         hit = (sim.argmax(1) == torch.arange(len(sim), device=sim.device)).float().mean()
-        return loss, {"loss": loss.detach(), "mimm": loss.detach(), "t2v_top1": hit.detach()}
+        # every process holds the same global loss; DDP averages the local-slice gradients, so scale back up
+        return loss * world_size(), {"loss": loss.detach(), "mimm": loss.detach(), "t2v_top1": hit.detach()}
