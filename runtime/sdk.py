@@ -329,13 +329,9 @@ def open_runtime(
     # the source opens first: one that does not open leaves no new, empty index behind
     src = None if source is None else open_source(source, realtime=realtime, reconnect=reconnect,
                                                       capture_factory=capture_factory)  # fmt: skip
+    clip_index = None
     try:
         clip_index = _open_index(pkg, Path(index), create=src is not None, max_token_clips=max_token_clips)
-    except BaseException:
-        if src is not None:
-            src.close()
-        raise
-    try:
         if src is None:
             runtime = EdgeRuntime(pkg, encoder, clip_index)
         else:
@@ -348,7 +344,8 @@ def open_runtime(
 
             runtime = EdgeRuntime(pkg, encoder, clip_index, make_pipeline)
     except BaseException:
-        clip_index.close()
+        if clip_index is not None:
+            clip_index.close()
         if src is not None:
             src.close()
         raise

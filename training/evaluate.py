@@ -142,11 +142,11 @@ def evaluate_order_pairs(
     model.eval()
     root = Path(data)
     verbs, nouns = read_verbs(root / "verbs.csv"), read_nouns(root / "nouns.csv")
-    reverse = {int(v["id"]): v.get("reverse", "") for v in verbs}
     by_key = {v["key"]: v for v in verbs}
+    reverse = {int(v["id"]): by_key[v["reverse"]] for v in verbs if v.get("reverse")}  # verb id -> its reverse's row
     v = model.cfg.video
     ds = EgoClipDataset(root / "egoclip.csv", root / "videos", v.num_frames, v.img_size, split=split, mode="eval")
-    keep = [i for i, r in enumerate(ds.records) if len(r.tag_verb) == 1 and reverse.get(r.tag_verb[0])]
+    keep = [i for i, r in enumerate(ds.records) if len(r.tag_verb) == 1 and r.tag_verb[0] in reverse]
     if not keep:
         raise ValueError(f"no clip of split {split!r} has a verb with a reverse in {root / 'verbs.csv'}")
     wins = {"in_order": 0, "reversed": 0}
@@ -157,7 +157,7 @@ def evaluate_order_pairs(
         for item in batch:
             verb, noun = int(item["verb"].argmax()), nouns[int(item["noun"].argmax())]["name"]
             right.append("#C C " + verbs[verb]["text"].format(n=noun))
-            wrong.append("#C C " + by_key[reverse[verb]]["text"].format(n=noun))
+            wrong.append("#C C " + reverse[verb]["text"].format(n=noun))
         tok = tokenizer.encode(right + wrong, max_length=model.cfg.text.max_length)
         t = model.encode_text(torch.from_numpy(tok.input_ids), torch.from_numpy(tok.attention_mask), normalize=True)
         t_right, t_wrong = t[: len(batch)], t[len(batch) :]

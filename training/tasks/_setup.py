@@ -40,7 +40,8 @@ def _tokens(tok: Tokenizer, texts: list[str], length: int, device: torch.device)
     return torch.from_numpy(b.input_ids).to(device), torch.from_numpy(b.attention_mask).to(device)
 
 
-def _qa(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, device: torch.device, info: DistInfo) -> TaskSetup:
+def _qa(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, info: DistInfo) -> TaskSetup:
+    device = info.device
     from egovlpv2_edge.training.data.qa import QADataset, collate_qa, read_qa
     from egovlpv2_edge.training.tasks.qa import QATask, qa_text_length
 
@@ -70,7 +71,8 @@ def _qa(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, device: torch.devi
     return TaskSetup(task, data, collate_qa, step, {"answers": list(qa.answer_set)}, params, task.head, cfg.qa.mode)
 
 
-def _retrieval(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, device: torch.device, info: DistInfo) -> TaskSetup:
+def _retrieval(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, info: DistInfo) -> TaskSetup:
+    device = info.device
     from egovlpv2_edge.training.data.dataset import EgoClipDataset, collate
     from egovlpv2_edge.training.tasks.retrieval import RetrievalTask
 
@@ -139,7 +141,8 @@ class NLQHeadTask(nn.Module):
         return loss, {"loss": loss.detach(), "span": loss.detach(), "exact": hit.detach()}
 
 
-def _nlq(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, device: torch.device, info: DistInfo) -> TaskSetup:
+def _nlq(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, info: DistInfo) -> TaskSetup:
+    device = info.device
     from egovlpv2_edge.training.data.nlq import read_nlq
     from egovlpv2_edge.training.data.video import ChunkedVideoStore
     from egovlpv2_edge.training.tasks.nlq import extract_features
@@ -167,6 +170,6 @@ def _nlq(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, device: torch.dev
     return TaskSetup(task, _FeatureSet(feats), collate, step, {}, params, task.head, "fusion")
 
 
-def build(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, device: torch.device, info: DistInfo) -> TaskSetup:
-    """The task's setup for :func:`~egovlpv2_edge.training.tasks.finetune.finetune`."""
-    return {"qa": _qa, "retrieval": _retrieval, "nlq": _nlq}[cfg.task](cfg, model, tok, device, info)
+def build(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, info: DistInfo) -> TaskSetup:
+    """The task's setup for :func:`~egovlpv2_edge.training.tasks.finetune.finetune` (on ``info.device``)."""
+    return {"qa": _qa, "retrieval": _retrieval, "nlq": _nlq}[cfg.task](cfg, model, tok, info)

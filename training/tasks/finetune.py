@@ -179,7 +179,7 @@ def _finetune(cfg: FinetuneConfig, info: DistInfo) -> Path:
     model = model.to(device).train()
     from egovlpv2_edge.training.tasks import _setup
 
-    setup = _setup.build(cfg, model, tok, device, info)
+    setup = _setup.build(cfg, model, tok, info)
     opt = _optimizer(cfg, setup.task)
     steps_per_epoch = len(setup.data) // cfg.batch_size
     if steps_per_epoch < 1:
@@ -229,7 +229,8 @@ def _loop(cfg: FinetuneConfig, setup: TaskSetup, run: nn.Module, opt: Any, sched
         for batch in loader:
             with _autocast(cfg.amp, device):
                 loss, logs = setup.step(run, batch, step)
-            logs = {k: all_reduce_sum(v.float()) / world for k, v in logs.items()}  # the mean over processes
+            means = all_reduce_sum(torch.stack([v.float() for v in logs.values()])) / world  # one collective
+            logs = dict(zip(logs, means, strict=True))  # the mean over processes
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.grad_clip:
