@@ -12,8 +12,8 @@ from egovlpv2_edge._demo import main, stages
 
 TINY = [
     "--videos", "6", "--preset", "egovlpv2_test", "--student-preset", "egovlpv2_test",
-    "--student-model", json.dumps({"video": {"width": 16, "heads": 2}}), "--steps", "3", "--batch-size", "8",
-    "--qa-steps", "3", "--qa-batch-size", "4", "--distill-steps", "2", "--quant-clips", "8",
+    "--student-model", json.dumps({"video": {"width": 16, "heads": 2}}), "--steps", "3", "--fusion-start", "0.34",
+    "--batch-size", "8", "--qa-steps", "3", "--qa-batch-size", "4", "--distill-steps", "2", "--quant-clips", "8",
     "--quant-methods", "ort_dynamic", "--eval-limit", "8", "--day-minutes", "1",
 ]  # fmt: skip
 OUTPUTS = [

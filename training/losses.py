@@ -145,6 +145,22 @@ def mlm_mask(
     return masked.to(input_ids.device), labels.to(input_ids.device)
 
 
+def time_reversal_loss(
+    text: torch.Tensor, forward: torch.Tensor, backward: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Summed ``-log sigmoid((<t, v> - <t, v reversed>) / tau)``: each text must match its clip better than the same
+    clip played backwards.
+
+    Args:
+        text: Normalised text embeddings ``(k, E)``.
+        forward: Normalised embeddings of their clips ``(k, E)``.
+        backward: Normalised embeddings of the same clips with the frame order reversed ``(k, E)``.
+        temperature: The contrastive temperature.
+    """
+    margin = ((text * forward).sum(-1) - (text * backward).sum(-1)) / temperature
+    return -F.logsigmoid(margin).sum()
+
+
 def vtm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of VTM logits ``(N, 2)`` against 0/1 labels (class 1 = match)."""
     return F.cross_entropy(logits, labels)

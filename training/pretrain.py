@@ -16,7 +16,14 @@ from torch import nn
 
 from egovlpv2_edge.model import EgoVLPv2
 from egovlpv2_edge.training.distributed import all_reduce_sum, gather_no_grad, gather_with_local_grad
-from egovlpv2_edge.training.losses import egonce_loss, mlm_loss_sum, mlm_mask, positive_mask, vtm_plan
+from egovlpv2_edge.training.losses import (
+    egonce_loss,
+    mlm_loss_sum,
+    mlm_mask,
+    positive_mask,
+    time_reversal_loss,
+    vtm_plan,
+)
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,9 @@ class LossConfig:
     # share of the run that trains the dual encoders alone (EgoNCE only, no fused passes) before MLM and VTM join;
     # 0 (the paper) runs every loss from the first step. A loss with weight 0 is not computed at all.
     fusion_start: float = 0.0
+    # weight of the time-reversal term: each clip whose verb has a reverse (pick up / put down, open / close) must
+    # match its text better than the same clip played backwards; 0 (the paper) skips the extra video pass
+    reverse_weight: float = 0.0
 
 
 def canonical_order(world: int, per_part: int, parts: int) -> torch.Tensor:
@@ -62,10 +72,18 @@ class PretrainTask(nn.Module):
     """
 
     def __init__(
-        self, model: EgoVLPv2, special_ids: set[int], mask_id: int, loss: LossConfig, seed: int, fusion_from: int = 0
+        self,
+        model: EgoVLPv2,
+        special_ids: set[int],
+        mask_id: int,
+        loss: LossConfig,
+        seed: int,
+        fusion_from: int = 0,
+        directional: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
+        self.directional = list(directional or [])  # verb ids whose clip played backwards shows another verb
         self.fusion_from = fusion_from  # first step with the fused losses (MLM, VTM)
         self.special_ids = frozenset(special_ids)
         self.mask_id = mask_id
@@ -135,7 +153,33 @@ class PretrainTask(nn.Module):
             fused = m.forward_fusion(all_video[vi], all_ids[ti], all_mask[ti])
             vtm = F.cross_entropy(fused.vtm_logits, plan.labels[mine].to(video.device), reduction="sum") / N
 
-        loss = nce + cfg.mlm_weight * mlm + cfg.vtm_weight * vtm
+        rev = torch.zeros((), device=video.device)
+        if cfg.reverse_weight > 0 and self.directional:  # 4) the clip must beat itself played backwards
+            rev = self._reverse_loss(video, verb, t[mine.to(video.device)], v[mine.to(video.device)])
+
+        loss = nce + cfg.mlm_weight * mlm + cfg.vtm_weight * vtm + cfg.reverse_weight * rev
         logs = {"egonce": nce.detach(), "mlm": all_reduce_sum(mlm), "vtm": all_reduce_sum(vtm)}
+        logs["reverse"] = all_reduce_sum(rev)
         logs["loss"] = logs["egonce"] + cfg.mlm_weight * logs["mlm"] + cfg.vtm_weight * logs["vtm"]
+        logs["loss"] = logs["loss"] + cfg.reverse_weight * logs["reverse"]
         return loss * world, logs
+
+    def _reverse_loss(
+        self, video: torch.Tensor, verb: torch.Tensor, text: torch.Tensor, vid: torch.Tensor
+    ) -> torch.Tensor:
+        """Time-reversal negatives: ``-log sigmoid((s(t, v) - s(t, reversed v)) / tau)``, averaged over the
+        global batch's clips whose verb has a reverse (this process's share of the sum).
+
+        Args:
+            video: Local clips ``(b, F, 3, H, W)``.
+            verb: Local multi-hot verbs ``(b, Cv)``.
+            text: Normalised local text embeddings ``(b, E)`` (gradients kept).
+            vid: Normalised local video embeddings ``(b, E)`` (gradients kept).
+        """
+        m = self.model
+        keep = verb[:, self.directional].any(dim=1)  # (b,)
+        count = all_reduce_sum(keep.sum().to(torch.float32)).clamp(min=1.0)
+        if not bool(keep.any()):  # still touch the graph so every process runs the same collectives
+            return (vid.sum() * 0.0).to(torch.float32)
+        backwards = m.encode_video(video[keep].flip(1), normalize=True)  # (k, E)
+        return time_reversal_loss(text[keep], vid[keep], backwards, m.temperature) / count

@@ -207,7 +207,9 @@ def train(cfg: PretrainConfig) -> Path:
     steps_per_epoch = len(data) // cfg.batch_size
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
     fusion_from = round(cfg.loss.fusion_start * total)
-    task = PretrainTask(model, tokenizer.special_ids, tokenizer.mask_id, cfg.loss, cfg.seed, fusion_from)
+    task = PretrainTask(
+        model, tokenizer.special_ids, tokenizer.mask_id, cfg.loss, cfg.seed, fusion_from, data.directional
+    )
     ddp = task
     if info.world_size > 1:
         some_unused = fusion_from > 0 or cfg.loss.mlm_weight == 0 or cfg.loss.vtm_weight == 0
@@ -332,4 +334,4 @@ def _read_metrics(path: Path, upto: int) -> list[dict[str, float]]:
 
 
 def _plot(history: list[dict[str, float]], path: Path) -> None:
-    plot_curves(history, path, [(("loss", "egonce", "mlm", "vtm"), "pre-training losses")], "learning rate")
+    plot_curves(history, path, [(("loss", "egonce", "mlm", "vtm", "reverse"), "pre-training losses")], "learning rate")

@@ -12,6 +12,7 @@ from egovlpv2_edge.training.losses import (
     mlm_loss_sum,
     mlm_mask,
     positive_mask,
+    time_reversal_loss,
     vtm_loss,
     vtm_plan,
 )
@@ -87,6 +88,17 @@ def test_vtm_plan_prefers_hard_negatives() -> None:
         if plan.labels[0] == 0 and plan.text_index[0] == 0:
             hits += int(plan.video_index[0] == 2)
     assert hits > 10  # softmax(0.9 / 0.05) puts almost all weight on video 2
+
+
+def test_time_reversal_loss_by_hand() -> None:
+    t = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    fwd = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    bwd = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    # margins (1 - 0) / 0.5 = 2 and (0.8 - 1) / 0.5 = -0.4; -log sigmoid(x) = log(1 + e^-x)
+    want = math.log(1 + math.exp(-2.0)) + math.log(1 + math.exp(0.4))
+    assert time_reversal_loss(t, fwd, bwd, 0.5).item() == pytest.approx(want, rel=1e-6)
+    # a clip that looks the same backwards gives log 2 per item, whatever the text
+    assert time_reversal_loss(t, fwd, fwd, 0.5).item() == pytest.approx(2 * math.log(2), rel=1e-6)
 
 
 def test_vtm_loss_by_hand() -> None:

@@ -40,6 +40,7 @@ def _metrics(run: Path) -> list[dict]:
 def test_two_process_torchrun_matches_one_process(synth, tmp_path) -> None:
     # the first step trains the dual encoders alone (DDP then sees unused fusion parameters), the others everything
     common = BASE + [f"data={synth}", "batch_size=8", "max_steps=3", "scene_negatives=true", "loss.fusion_start=0.34"]
+    common += ["loss.reverse_weight=1.0"]  # the time-reversal term's average spans the processes too
     one = tmp_path / "one"
     train(resolve(PretrainConfig, None, common + [f"out={one}"]))
     two = tmp_path / "two"
@@ -51,8 +52,9 @@ def test_two_process_torchrun_matches_one_process(synth, tmp_path) -> None:
     a, b = _metrics(one), _metrics(two)
     assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
     assert a[0]["mlm"] == a[0]["vtm"] == 0.0 and all(r["mlm"] > 0 and r["vtm"] > 0 for r in a[1:])
+    assert all(r["reverse"] > 0 for r in a)
     for ra, rb in zip(a, b, strict=True):
-        for key in ("loss", "egonce", "mlm", "vtm"):
+        for key in ("loss", "egonce", "mlm", "vtm", "reverse"):
             assert abs(ra[key] - rb[key]) <= 1e-4 * abs(ra[key]), (key, ra[key], rb[key])
 
 

@@ -47,13 +47,13 @@ def _taxonomy_size(beside: Path, name: str, records: list[ClipRecord], attr: str
     return 1 + max((t for r in records for t in getattr(r, attr)), default=0)
 
 
-def _mirror_verbs(beside: Path) -> set[int]:
-    """Verb ids whose meaning a horizontal flip changes (left/right, clockwise); read from verbs.csv."""
+def _verbs_with(beside: Path, column: str) -> set[int]:
+    """Verb ids whose ``column`` in verbs.csv is set (empty when the file or the column is missing)."""
     path = beside.parent / "verbs.csv"
     if not path.is_file():
         return set()
     with path.open(newline="") as fh:
-        return {int(row["id"]) for row in csvlib.DictReader(fh) if row.get("mirror")}
+        return {int(row["id"]) for row in csvlib.DictReader(fh) if row.get(column)}
 
 
 class _ClipReader:
@@ -111,7 +111,8 @@ class EgoClipDataset(Dataset):
         self.mode, self.scene_negatives, self.seed, self.epoch = mode, scene_negatives, seed, 0
         self.n_verbs = _taxonomy_size(csv_path, "verbs.csv", table.records, "tag_verb")
         self.n_nouns = _taxonomy_size(csv_path, "nouns.csv", table.records, "tag_noun")
-        self.no_flip = _mirror_verbs(csv_path)
+        self.no_flip = _verbs_with(csv_path, "mirror")  # a horizontal flip changes their meaning (left/right)
+        self.directional = sorted(_verbs_with(csv_path, "reverse"))  # played backwards they become another verb
         self.reader = _ClipReader(video_root, num_frames, size, info, chunk_seconds, fps)
         self.segments: dict[str, list[int]] = defaultdict(list)
         for i, r in enumerate(records):
