@@ -111,14 +111,18 @@ def collate_spans(items: list, window_s: float) -> dict[str, torch.Tensor]:
     D = items[0].features.shape[1]
     feats = torch.zeros(len(items), n, D)
     mask = torch.zeros(len(items), n, dtype=torch.bool)
+    sim = torch.zeros(len(items), n)
+    text = torch.stack([it.text for it in items])  # (B, L, Dt): queries share the fixed text length
+    text_mask = torch.stack([it.text_mask for it in items])
     s, e = [], []
     for k, it in enumerate(items):
         m = it.features.shape[0]
-        feats[k, :m], mask[k, :m] = it.features, True
+        feats[k, :m], mask[k, :m], sim[k, :m] = it.features, True, it.sim
         a, b = span_targets(it.gt, m, window_s)
         s.append(a)
         e.append(b)
-    return {"features": feats, "mask": mask, "start": torch.tensor(s), "end": torch.tensor(e)}
+    return {"features": feats, "mask": mask, "text": text, "text_mask": text_mask, "sim": sim,
+            "start": torch.tensor(s), "end": torch.tensor(e)}  # fmt: skip
 
 
 class NLQHeadTask(nn.Module):
@@ -129,13 +133,13 @@ class NLQHeadTask(nn.Module):
         from egovlpv2_edge.training.tasks.heads import SpanHead
 
         self.model = model
-        self.head = SpanHead(model.cfg.video.width, hidden, layers, heads, dropout)
+        self.head = SpanHead(model.cfg.video.width, hidden, layers, heads, dropout, model.cfg.text.width, True)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Span loss of a padded batch."""
         from egovlpv2_edge.training.tasks.nlq import span_loss
 
-        start, end = self.head(batch["features"], batch["mask"])
+        start, end = self.head(batch["features"], batch["mask"], batch["text"], batch["text_mask"], batch["sim"])
         loss = span_loss(start, end, batch["start"], batch["end"])
         hit = ((start.argmax(-1) == batch["start"]) & (end.argmax(-1) == batch["end"])).float().mean()
         return loss, {"loss": loss.detach(), "span": loss.detach(), "exact": hit.detach()}

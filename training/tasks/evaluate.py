@@ -232,6 +232,12 @@ def evaluate_retrieval(run: FinetunedRun, data: str | Path, split: str = "test",
 
 
 # ----- NLQ ---------------------------------------------------------------------------------------------------
+def _top_windows(sim: torch.Tensor, window_s: float, duration: float, k: int = 5) -> np.ndarray:
+    """The ``k`` windows most similar to the query in dual mode (a zero-shot localiser), best first."""
+    order = torch.argsort(sim, descending=True)[:k].tolist()
+    return np.asarray([[i * window_s, min((i + 1) * window_s, duration)] for i in order], dtype=np.float64)
+
+
 @torch.no_grad()
 def evaluate_nlq(run: FinetunedRun, annotations: str | Path, video_root: str | Path, chunk_seconds: float = 600.0,
                  fps: float | None = None, max_queries: int = 0) -> EvalTable:  # fmt: skip
@@ -250,12 +256,18 @@ def evaluate_nlq(run: FinetunedRun, annotations: str | Path, video_root: str | P
         raise ValueError(f"{annotations} has no usable query")
     preds = []
     for f in feats:
-        start, end = run.head(f.features[None], torch.ones(1, len(f.features), dtype=torch.bool))
+        valid = torch.ones(1, len(f.features), dtype=torch.bool)
+        if run.head.args.get("text_dim") or run.head.args.get("use_sim"):  # older heads read the fused features alone
+            start, end = run.head(f.features[None], valid, f.text[None], f.text_mask[None], f.sim[None])
+        else:
+            start, end = run.head(f.features[None], valid)
         preds.append(decode_spans(start[0], end[0], window, f.duration, k=5))
     gts = np.asarray([f.gt for f in feats])
     length = float(run.params.get("mean_train_span_s") or (gts[:, 1] - gts[:, 0]).mean())
     table = EvalTable(f"NLQ ({len(feats)} queries, {window:g}-s windows)")
-    table.add("span head on fused features", recall_at_iou(preds, gts))
+    table.add("span head (fused features + query)", recall_at_iou(preds, gts))
     table.add(f"fixed {length:.1f}-s windows", recall_at_iou([fixed_window_baseline(f.duration, length) for f in feats],
                                                             gts))  # fmt: skip
+    table.add("dual similarity, top 5 windows", recall_at_iou([_top_windows(f.sim, window, f.duration) for f in feats],
+                                                               gts))  # fmt: skip
     return table

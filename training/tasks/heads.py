@@ -3,8 +3,9 @@
 * :class:`QAHead` is the EgoTaskQA head: ``Linear(D, |A|) -> ReLU -> Dropout(0.2) -> Linear(|A|, |A|)`` over the
   fused video CLS, cross-entropy over the answer vocabulary.
 * :class:`SpanHead` is a small grounding head in the spirit of VSLNet (the reference's EgoNLQ head, shrunk for
-  CPU): per-window fused features ``(B, N, D)`` -> projection + sinusoidal positions -> a Transformer encoder
-  -> start and end logits per window.
+  CPU): per-window fused features ``(B, N, D)`` -> projection + sinusoidal positions; as in VSLNet the query's
+  dual-mode token states attend into it (windows as queries, text tokens as keys), and the dual-mode similarity
+  of each window to the query enters as one more input; then a Transformer encoder -> start and end logits.
 
 Each head is rebuilt from the ``config()`` dict stored in fine-tuned checkpoints (:func:`build_head`).
 """
@@ -71,12 +72,17 @@ class SpanHead(nn.Module):
         dropout: Dropout inside the encoder.
     """
 
-    def __init__(self, in_dim: int, hidden: int = 128, layers: int = 1, heads: int = 2, dropout: float = 0.1) -> None:
+    def __init__(self, in_dim: int, hidden: int = 128, layers: int = 1, heads: int = 2, dropout: float = 0.1,
+                 text_dim: int = 0, use_sim: bool = False) -> None:  # fmt: skip
         super().__init__()
         if hidden % heads or hidden % 2:
             raise ValueError(f"hidden={hidden} must be even and divisible by heads={heads}")
-        self.args = {"in_dim": in_dim, "hidden": hidden, "layers": layers, "heads": heads, "dropout": dropout}
+        self.args = {"in_dim": in_dim, "hidden": hidden, "layers": layers, "heads": heads, "dropout": dropout,
+                     "text_dim": text_dim, "use_sim": use_sim}  # fmt: skip
         self.proj = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden))
+        self.text_proj = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, hidden)) if text_dim else None
+        self.query_attn = nn.MultiheadAttention(hidden, heads, dropout, batch_first=True) if text_dim else None
+        self.sim_proj = nn.Linear(1, hidden) if use_sim else None
         layer = nn.TransformerEncoderLayer(hidden, heads, 2 * hidden, dropout, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.out = nn.Linear(hidden, 2)
@@ -85,13 +91,40 @@ class SpanHead(nn.Module):
         """Constructor arguments, saved with the checkpoint."""
         return {"kind": "span", **self.args}
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features ``(B, N, D)`` and validity ``(B, N)`` (True = real window) to start and end logits ``(B, N)``.
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        text: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        sim: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Start and end logits ``(B, N)``.
 
-        Padded windows get a large negative logit, so a softmax over N never picks them.
+        Args:
+            x: Per-window features ``(B, N, D)``.
+            mask: Validity ``(B, N)`` (True = real window); padded windows get a large negative logit, so a
+                softmax over N never picks them.
+            text: The query's token states ``(B, L, Dt)`` (needed when the head was built with ``text_dim``).
+            text_mask: Their validity ``(B, L)`` (True = real token).
+            sim: Dual-mode query-window cosine similarity ``(B, N)`` (needed with ``use_sim``); standardised over
+                each query's real windows, so only its shape along the video counts.
         """
         B, N, _ = x.shape
         h = self.proj(x) + sinusoid(N, self.args["hidden"], x.device)  # (B, N, H)
+        if self.query_attn is not None and self.text_proj is not None:
+            if text is None or text_mask is None:
+                raise ValueError("this span head reads the query: pass text (B, L, Dt) and text_mask (B, L)")
+            q = self.text_proj(text)  # (B, L, H)
+            h = h + self.query_attn(h, q, q, key_padding_mask=~text_mask, need_weights=False)[0]
+        if self.sim_proj is not None:
+            if sim is None:
+                raise ValueError("this span head reads the query-window similarity: pass sim (B, N)")
+            m = mask.to(sim.dtype)
+            mean = (sim * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp(min=1.0)
+            var = (((sim - mean) * m) ** 2).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp(min=1.0)
+            z = (sim - mean) / (var.sqrt() + 1e-6) * m  # (B, N)
+            h = h + self.sim_proj(z.unsqueeze(-1))
         h = self.encoder(h, src_key_padding_mask=~mask)
         logits = self.out(h).masked_fill(~mask[..., None], -1e4)  # (B, N, 2)
         return logits[..., 0], logits[..., 1]

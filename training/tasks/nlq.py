@@ -2,10 +2,12 @@
 
 As in the reference the backbone is frozen and fusion features are used: a clip is cut into consecutive
 windows of ``window_s`` seconds (F frames each); the lower layers run once per window
-(:func:`window_tokens`), then for each query the top layers run fused with the query over every window
-(:func:`query_features`), giving one fusion-normed video CLS per window ``(N, Dv)``. A
-:class:`~egovlpv2_edge.training.tasks.heads.SpanHead` predicts start and end windows (cross-entropy on
-both, VSLNet style); :func:`decode_spans` turns the logits into ranked windows in seconds.
+(:func:`window_tokens`, which also gives each window's dual-mode embedding), then for each query the top layers
+run fused with the query over every window (:func:`query_features`), giving one fusion-normed video CLS per
+window ``(N, Dv)``. Like VSLNet, the head also reads the query's dual-mode token states, and each window's
+dual-mode similarity to the query. A :class:`~egovlpv2_edge.training.tasks.heads.SpanHead` predicts start and
+end windows (cross-entropy on both, VSLNet style); :func:`decode_spans` turns the logits into ranked windows in
+seconds.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ class QueryFeatures:
     duration: float
     query: str
     clip_uid: str
+    text: torch.Tensor | None = None  # the query's dual-mode token states (L, Dt)
+    text_mask: torch.Tensor | None = None  # (L,) True = real token
+    sim: torch.Tensor | None = None  # dual-mode cosine of the query to each window (N,)
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -45,12 +50,13 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 @torch.no_grad()
 def window_tokens(model: EgoVLPv2, store: ChunkedVideoStore, clip: NLQClip, window_s: float,
-                  batch: int = 16) -> torch.Tensor:  # fmt: skip
-    """Tokens entering the fused layers for every window of ``clip`` ``(N, T, Dv)`` (fusion stream)."""
+                  batch: int = 16) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Tokens entering the fused layers for every window of ``clip`` ``(N, T, Dv)`` (fusion stream) and each
+    window's normalised dual-mode embedding ``(N, E)``."""
     v = model.cfg.video
     starts = window_starts(clip.duration, window_s)
     last = clip.video_start + max(clip.duration - 1e-3, 0.0)
-    out = []
+    out, emb = [], []
     for i in range(0, len(starts), batch):
         clips = []
         for s in starts[i : i + batch]:
@@ -58,7 +64,19 @@ def window_tokens(model: EgoVLPv2, store: ChunkedVideoStore, clip: NLQClip, wind
             clips.append(eval_transform(store.read_frames(clip.video_uid, times), v.img_size))
         frames = torch.from_numpy(np.stack(clips)).to(_device(model))  # (b, F, 3, H, W)
         out.append(model.video_lower(frames, "fusion"))
-    return torch.cat(out)
+        emb.append(model.encode_video(frames, normalize=True))
+    return torch.cat(out), torch.cat(emb)
+
+
+@torch.no_grad()
+def query_text(model: EgoVLPv2, tokenizer: Tokenizer, query: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The query's dual-mode token states ``(L, Dt)``, their mask ``(L,)`` and its normalised embedding ``(E,)``."""
+    tok = tokenizer.encode([query], max_length=model.cfg.text.max_length)
+    ids = torch.from_numpy(tok.input_ids).to(_device(model))
+    mask = torch.from_numpy(tok.attention_mask).to(_device(model))
+    lower = model.text_lower(ids, mask)
+    states = model.text_upper_tokens(lower, mask)  # (1, L, Dt)
+    return states[0], mask[0].bool(), model.text_upper(lower, mask, normalize=True)[0]
 
 
 @torch.no_grad()
@@ -98,9 +116,12 @@ def extract_features(model: EgoVLPv2, tokenizer: Tokenizer, store: ChunkedVideoS
     out, cached = [], None
     for i, clip, q in progress_bar(mine, desc="NLQ features", disable=not progress, leave=False):
         if cached is None or cached[0] != clip.clip_uid:
-            cached = (clip.clip_uid, window_tokens(model, store, clip, window_s))
+            cached = (clip.clip_uid, *window_tokens(model, store, clip, window_s))
         feats = query_features(model, cached[1], tokenizer, q.query)
-        out.append((i, QueryFeatures(feats.cpu(), (q.start, q.end), clip.duration, q.query, clip.clip_uid)))
+        states, mask, emb = query_text(model, tokenizer, q.query)
+        sim = cached[2] @ emb  # (N,)
+        out.append((i, QueryFeatures(feats.cpu(), (q.start, q.end), clip.duration, q.query, clip.clip_uid,
+                                     states.cpu(), mask.cpu(), sim.cpu())))  # fmt: skip
     if world > 1:
         parts: list[list] = [[] for _ in range(world)]
         torch.distributed.all_gather_object(parts, out)

@@ -100,10 +100,11 @@ def test_nlq_finetune_trains_only_the_head_and_evaluates(small_data, pretrained,
     after = torch.load(ckpt, weights_only=True)
     assert all(torch.equal(before[k], after["model"][k]) for k in before)  # frozen backbone
     assert after["task"]["head_config"]["kind"] == "span" and after["task"]["params"]["window_s"] == 2.0
+    assert after["task"]["head_config"]["text_dim"] > 0 and after["task"]["head_config"]["use_sim"]  # reads the query
     capsys.readouterr()
     assert eval_main(["--task", "nlq", "--checkpoint", str(ckpt), "--data", str(small_data), "--split", "val"]) == 0
     text = capsys.readouterr().out
-    assert "R@1 IoU=0.3" in text and "R@5 IoU=0.5" in text and "fixed" in text
+    assert "R@1 IoU=0.3" in text and "R@5 IoU=0.5" in text and "fixed" in text and "dual similarity" in text
 
 
 def test_zeroshot_and_egomcq_evals(small_data, pretrained, capsys) -> None:

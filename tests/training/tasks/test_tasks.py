@@ -110,6 +110,49 @@ def test_span_head_shapes_targets_and_overfit() -> None:
     assert span_targets((9.5, 9.5), 5, 2.0) == (4, 4)
 
 
+def _grounding_batch(gen: torch.Generator, B: int = 64, N: int = 12, L: int = 6) -> dict[str, torch.Tensor]:
+    """Queries whose target window is only known from the query: each window carries a random key in its
+    features, the query's first token repeats the target window's key, and the similarity peaks there."""
+    keys = torch.randn(B, N, 16, generator=gen)
+    target = torch.randint(0, N, (B,), generator=gen)
+    text = torch.randn(B, L, 16, generator=gen) * 0.1
+    text[:, 0] = keys[torch.arange(B), target]
+    sim = torch.randn(B, N, generator=gen) * 0.1
+    sim[torch.arange(B), target] += 1.0
+    return {"x": keys, "mask": torch.ones(B, N, dtype=torch.bool), "text": text,
+            "text_mask": torch.ones(B, L, dtype=torch.bool), "sim": sim, "target": target}  # fmt: skip
+
+
+@pytest.mark.parametrize("reads", ["text", "sim"])
+def test_span_head_finds_the_window_only_the_query_names(reads: str) -> None:
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    kwargs = {"text_dim": 16} if reads == "text" else {"use_sim": True}
+    heads = {"query": SpanHead(16, 32, 1, 2, 0.0, **kwargs), "features alone": SpanHead(16, 32, 1, 2, 0.0)}
+    acc = {}
+    for name, head in heads.items():
+        opt = torch.optim.AdamW(head.parameters(), lr=3e-3)
+        for _ in range(150):
+            b = _grounding_batch(gen)
+            extra = (b["text"], b["text_mask"], b["sim"]) if name == "query" else ()
+            start, end = head(b["x"], b["mask"], *extra)
+            loss = span_loss(start, end, b["target"], b["target"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        head.eval()
+        b = _grounding_batch(torch.Generator().manual_seed(99), B=256)
+        extra = (b["text"], b["text_mask"], b["sim"]) if name == "query" else ()
+        with torch.no_grad():
+            start, _ = head(b["x"], b["mask"], *extra)
+        acc[name] = float((start.argmax(-1) == b["target"]).float().mean())
+    assert acc["query"] > 0.8 and acc["features alone"] < 0.25, acc  # chance is 1/12
+    with pytest.raises(ValueError, match="reads the"):
+        heads["query"](b["x"], b["mask"])
+    rebuilt = build_head(heads["query"].config())
+    assert rebuilt.args == heads["query"].args
+
+
 def test_decode_spans_and_fixed_windows_by_hand() -> None:
     start = torch.full((5,), -10.0)
     end = torch.full((5,), -10.0)
