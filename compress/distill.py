@@ -345,6 +345,9 @@ class DistillTask(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Fused pass on pairs drawn from the teacher's similarities: VTM, VTM KL, hidden states, task heads."""
         s, t, c = self.student, self.teacher, self.loss_cfg
+        if c.gt_weight * c.gt.vtm_weight <= 0 and c.vtm_weight <= 0 and c.hidden_weight <= 0 and c.head_weight <= 0:
+            zero = sim_t.new_zeros(())
+            return zero, zero, zero, zero  # no term reads the fused pairs: skip both fused passes
         plan = vtm_plan(sim_t, pos, t.temperature, gen)
         ti, vi = plan.text_index[mine.cpu()].to(g.video.device), plan.video_index[mine.cpu()].to(g.video.device)
         N = sim_t.shape[0]
@@ -607,8 +610,13 @@ def distill(cfg: DistillConfig, hooks: Mapping[str, HeadHook] | None = None) -> 
     total = cfg.max_steps or spe * cfg.epochs
     ddp: nn.Module = task
     if info.world_size > 1:
+        c = cfg.loss
+        fused = [c.gt_weight * c.gt.mlm_weight, c.gt_weight * c.gt.vtm_weight, c.mlm_weight, c.vtm_weight]
+        fused += [c.hidden_weight, c.head_weight]
         ddp = nn.parallel.DistributedDataParallel(
-            task, device_ids=[info.local_rank] if info.device.type == "cuda" else None
+            task,
+            device_ids=[info.local_rank] if info.device.type == "cuda" else None,
+            find_unused_parameters=not all(w > 0 for w in fused),  # a term off leaves its parameters unused
         )
     opt = build_optimizer_for(task, cfg.optim)
     sched = cosine_schedule(opt, total, cfg.optim.warmup)

@@ -230,6 +230,23 @@ def test_short_distillation_reduces_the_distillation_loss_on_a_fixed_batch() -> 
     assert first["egonce"] == 0.0 and first["loss"] == pytest.approx(first["distill"])  # gt_weight=0
 
 
+def test_dual_only_distillation_runs_no_fused_pass() -> None:
+    from egovlpv2_edge.training.pretrain import LossConfig
+
+    teacher = create_model("egovlpv2_test")
+    off = {"mlm_weight": 0.0, "vtm_weight": 0.0, "hidden_weight": 0.0, "head_weight": 0.0}
+    cfg = DistillLossConfig(gt=LossConfig(mlm_weight=0.0, vtm_weight=0.0), **off)
+    task = DistillTask(_student(), teacher, SPECIAL, MASK_ID, cfg)
+    calls = []
+    for m in (task.student, task.teacher):
+        m.fuse_upper = lambda *a, **k: calls.append(1)  # type: ignore[method-assign]  # any fused pass is recorded
+    loss, logs = _run(task, _batch())
+    loss.backward()
+    assert not calls
+    assert logs["egonce"] > 0 and logs["kd_affinity"] > 0
+    assert all(logs[k].item() == 0.0 for k in ("mlm", "vtm", "kd_mlm", "kd_vtm", "kd_hidden", "kd_heads"))
+
+
 def test_mlm_distillation_is_skipped_without_a_shared_vocabulary(caplog) -> None:
     teacher = create_model("egovlpv2_test")
     with caplog.at_level("WARNING"):
