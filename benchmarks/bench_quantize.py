@@ -11,12 +11,30 @@ held-out clips/texts. Prints one table; ``--json`` also writes the numbers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():  # noqa: ANN202
+    """Send everything written to stdout (NNCF's progress bars and logs, at the file-descriptor level) to stderr, so
+    stdout carries only the table."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
 
 DEFAULT_METHODS = ["nncf", "nncf_sym", "nncf_noattn", "ort_dynamic", "ort_dynamic_pc", "ort_dynamic_mm", "fp16"]
 
@@ -60,10 +78,11 @@ def main(argv: list[str] | None = None) -> int:
             archive=False,
         )
         print(f"exported {args.preset} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-        report = quantize_package(
-            pkg, args.data, root / "q", methods=args.methods, graphs=args.graphs, threads=args.threads,
-            max_clips=args.max_clips, keep="selected", progress=lambda g: print(f"... {g}", file=sys.stderr),
-        )  # fmt: skip
+        with _stdout_to_stderr():
+            report = quantize_package(
+                pkg, args.data, root / "q", methods=args.methods, graphs=args.graphs, threads=args.threads,
+                max_clips=args.max_clips, keep="selected", progress=lambda g: print(f"... {g}", file=sys.stderr),
+            )  # fmt: skip
     print(f"preset {args.preset} ({'random init' if args.checkpoint is None else args.checkpoint}); "
           f"{report.measured_on}; calibration {report.calibration} ({args.max_clips} clips, 1/4 held out)")  # fmt: skip
     print(table(report))
