@@ -139,6 +139,18 @@ class DistillLossConfig:
     logit_temperature: float = 2.0  # softening of VTM, MLM and task-head logits (t^2-scaled KL)
     hidden_weight: float = 1.0  # fused-layer hidden-state MSE (video and text, after projection)
 
+    def fused_weights(self) -> dict[str, float]:
+        """Effective weight of every term that reads a fused pass: ``masked`` (masked text) or ``pairs`` (VTM
+        pairs) in the name says which pass; a term at 0 is not computed."""
+        return {
+            "masked_gt": self.gt_weight * self.gt.mlm_weight,
+            "masked_kd": self.mlm_weight,
+            "pairs_gt": self.gt_weight * self.gt.vtm_weight,
+            "pairs_kd_vtm": self.vtm_weight,
+            "pairs_kd_hidden": self.hidden_weight,
+            "pairs_kd_heads": self.head_weight,
+        }
+
 
 class DistillTask(nn.Module):
     """Student + projections + student task heads, with the frozen teacher beside them (not a submodule).
@@ -320,7 +332,8 @@ class DistillTask(nn.Module):
         """Fused pass on masked text: ground-truth MLM and, with a shared vocabulary, MLM-logit KL."""
         s, c = self.student, self.loss_cfg
         zero = video.new_zeros(())
-        need_gt, need_kd = c.gt_weight * c.gt.mlm_weight > 0, c.mlm_weight > 0 and self.mlm_distill
+        w = c.fused_weights()
+        need_gt, need_kd = w["masked_gt"] > 0, w["masked_kd"] > 0 and self.mlm_distill
         if not (need_gt or need_kd):
             return zero, zero
         masked, labels = mlm_mask(
@@ -345,7 +358,7 @@ class DistillTask(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Fused pass on pairs drawn from the teacher's similarities: VTM, VTM KL, hidden states, task heads."""
         s, t, c = self.student, self.teacher, self.loss_cfg
-        if c.gt_weight * c.gt.vtm_weight <= 0 and c.vtm_weight <= 0 and c.hidden_weight <= 0 and c.head_weight <= 0:
+        if not any(w > 0 for k, w in c.fused_weights().items() if k.startswith("pairs")):
             zero = sim_t.new_zeros(())
             return zero, zero, zero, zero  # no term reads the fused pairs: skip both fused passes
         plan = vtm_plan(sim_t, pos, t.temperature, gen)
@@ -610,13 +623,11 @@ def distill(cfg: DistillConfig, hooks: Mapping[str, HeadHook] | None = None) -> 
     total = cfg.max_steps or spe * cfg.epochs
     ddp: nn.Module = task
     if info.world_size > 1:
-        c = cfg.loss
-        fused = [c.gt_weight * c.gt.mlm_weight, c.gt_weight * c.gt.vtm_weight, c.mlm_weight, c.vtm_weight]
-        fused += [c.hidden_weight, c.head_weight]
         ddp = nn.parallel.DistributedDataParallel(
             task,
             device_ids=[info.local_rank] if info.device.type == "cuda" else None,
-            find_unused_parameters=not all(w > 0 for w in fused),  # a term off leaves its parameters unused
+            # a fused term at 0 leaves its parameters unused
+            find_unused_parameters=not all(w > 0 for w in cfg.loss.fused_weights().values()),
         )
     opt = build_optimizer_for(task, cfg.optim)
     sched = cosine_schedule(opt, total, cfg.optim.warmup)

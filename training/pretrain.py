@@ -179,7 +179,7 @@ class PretrainTask(nn.Module):
         m = self.model
         keep = verb[:, self.directional].any(dim=1)  # (b,)
         count = all_reduce_sum(keep.sum().to(torch.float32)).clamp(min=1.0)
-        if not bool(keep.any()):  # still touch the graph so every process runs the same collectives
-            return (vid.sum() * 0.0).to(torch.float32)
+        if not bool(keep.any()):  # after the count's all-reduce, so every process runs the same collectives
+            return vid.new_zeros(())
         backwards = m.encode_video(video[keep].flip(1), normalize=True)  # (k, E)
         return time_reversal_loss(text[keep], vid[keep], backwards, m.temperature) / count

@@ -131,13 +131,20 @@ class EgoVLPv2(nn.Module):
         The pooled feature is the first token (``<s>``, the paper) or, with ``text.pooling="mean"``, the mean over
         real tokens, which is how MiniLM's sentence weights were trained (its first token barely varies).
         """
-        h = self.text_upper_tokens(tokens, attention_mask)  # (B, L, Dt)
+        return self.text_embedding(self.text_upper_tokens(tokens, attention_mask), attention_mask, normalize)
+
+    def pool_text(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The text feature ``(B, Dt)`` of final hidden states ``(B, L, Dt)``: first token or mean of real tokens."""
         if self.cfg.text.pooling == "mean":
-            m = attention_mask.unsqueeze(-1).to(h.dtype)  # (B, L, 1)
-            feat = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
-        else:
-            feat = h[:, 0]
-        emb = self.txt_proj(feat)
+            m = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
+            return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return hidden[:, 0]
+
+    def text_embedding(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor, normalize: bool = False
+    ) -> torch.Tensor:
+        """Final hidden states ``(B, L, Dt)`` to the dual text embedding ``(B, E)`` (pooling, then projection)."""
+        emb = self.txt_proj(self.pool_text(hidden, attention_mask))
         return F.normalize(emb, dim=-1) if normalize else emb
 
     def encode_text(

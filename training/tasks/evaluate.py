@@ -256,11 +256,8 @@ def evaluate_nlq(run: FinetunedRun, annotations: str | Path, video_root: str | P
         raise ValueError(f"{annotations} has no usable query")
     preds = []
     for f in feats:
-        valid = torch.ones(1, len(f.features), dtype=torch.bool)
-        if run.head.args.get("text_dim") or run.head.args.get("use_sim"):  # older heads read the fused features alone
-            start, end = run.head(f.features[None], valid, f.text[None], f.text_mask[None], f.sim[None])
-        else:
-            start, end = run.head(f.features[None], valid)
+        valid = torch.ones(1, len(f.features), dtype=torch.bool)  # a head built without the query ignores it
+        start, end = run.head(f.features[None], valid, f.text[None], f.text_mask[None], f.sim[None])
         preds.append(decode_spans(start[0], end[0], window, f.duration, k=5))
     gts = np.asarray([f.gt for f in feats])
     length = float(run.params.get("mean_train_span_s") or (gts[:, 1] - gts[:, 0]).mean())

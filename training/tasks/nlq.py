@@ -26,8 +26,8 @@ from egovlpv2_edge.training.data.nlq import NLQClip, window_starts
 from egovlpv2_edge.training.data.video import ChunkedVideoStore, sample_times
 from egovlpv2_edge.training.tasks.metrics import span_iou
 
-__all__ = ["QueryFeatures", "decode_spans", "extract_features", "query_features", "span_loss", "span_targets",
-           "window_tokens"]  # fmt: skip
+__all__ = ["QueryFeatures", "decode_spans", "extract_features", "query_features", "query_lower", "query_text",
+           "span_loss", "span_targets", "window_tokens"]  # fmt: skip
 
 
 @dataclass
@@ -63,30 +63,36 @@ def window_tokens(model: EgoVLPv2, store: ChunkedVideoStore, clip: NLQClip, wind
             times = np.minimum(sample_times(s, s + window_s, v.num_frames, "eval") + clip.video_start, last)
             clips.append(eval_transform(store.read_frames(clip.video_uid, times), v.img_size))
         frames = torch.from_numpy(np.stack(clips)).to(_device(model))  # (b, F, 3, H, W)
-        out.append(model.video_lower(frames, "fusion"))
-        emb.append(model.encode_video(frames, normalize=True))
+        tokens = model.video_lower(frames, "fusion")
+        out.append(tokens)
+        if model.fusion_cls_token is None:  # the fusion stream shares the dual CLS: its lower tokens are the dual ones
+            emb.append(model.video_upper(tokens, normalize=True))
+        else:
+            emb.append(model.encode_video(frames, normalize=True))
     return torch.cat(out), torch.cat(emb)
 
 
 @torch.no_grad()
-def query_text(model: EgoVLPv2, tokenizer: Tokenizer, query: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The query's dual-mode token states ``(L, Dt)``, their mask ``(L,)`` and its normalised embedding ``(E,)``."""
+def query_lower(model: EgoVLPv2, tokenizer: Tokenizer, query: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The query's hidden states entering the first fused text layer ``(1, L, Dt)`` and its mask ``(1, L)``."""
     tok = tokenizer.encode([query], max_length=model.cfg.text.max_length)
     ids = torch.from_numpy(tok.input_ids).to(_device(model))
     mask = torch.from_numpy(tok.attention_mask).to(_device(model))
-    lower = model.text_lower(ids, mask)
-    states = model.text_upper_tokens(lower, mask)  # (1, L, Dt)
-    return states[0], mask[0].bool(), model.text_upper(lower, mask, normalize=True)[0]
+    return model.text_lower(ids, mask), mask
 
 
 @torch.no_grad()
-def query_features(model: EgoVLPv2, tokens: torch.Tensor, tokenizer: Tokenizer, query: str,
+def query_text(model: EgoVLPv2, text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The query's dual-mode token states ``(L, Dt)`` and normalised embedding ``(E,)`` from :func:`query_lower`."""
+    states = model.text_upper_tokens(text, mask)  # (1, L, Dt)
+    return states[0], model.text_embedding(states, mask, normalize=True)[0]
+
+
+@torch.no_grad()
+def query_features(model: EgoVLPv2, tokens: torch.Tensor, text: torch.Tensor, mask: torch.Tensor,
                    batch: int = 64) -> torch.Tensor:  # fmt: skip
-    """Fuse one query with every window's tokens ``(N, T, Dv)``: fusion-normed video CLS per window ``(N, Dv)``."""
-    tok = tokenizer.encode([query], max_length=model.cfg.text.max_length)
-    ids = torch.from_numpy(tok.input_ids).to(tokens.device)
-    mask = torch.from_numpy(tok.attention_mask).to(tokens.device)
-    text = model.text_lower(ids, mask)  # (1, L, Dt)
+    """Fuse one query (:func:`query_lower`) with every window's tokens ``(N, T, Dv)``: fusion-normed video CLS per
+    window ``(N, Dv)``."""
     out = []
     for i in range(0, len(tokens), batch):
         v = tokens[i : i + batch]
@@ -117,11 +123,12 @@ def extract_features(model: EgoVLPv2, tokenizer: Tokenizer, store: ChunkedVideoS
     for i, clip, q in progress_bar(mine, desc="NLQ features", disable=not progress, leave=False):
         if cached is None or cached[0] != clip.clip_uid:
             cached = (clip.clip_uid, *window_tokens(model, store, clip, window_s))
-        feats = query_features(model, cached[1], tokenizer, q.query)
-        states, mask, emb = query_text(model, tokenizer, q.query)
+        text, mask = query_lower(model, tokenizer, q.query)
+        feats = query_features(model, cached[1], text, mask)
+        states, emb = query_text(model, text, mask)
         sim = cached[2] @ emb  # (N,)
         out.append((i, QueryFeatures(feats.cpu(), (q.start, q.end), clip.duration, q.query, clip.clip_uid,
-                                     states.cpu(), mask.cpu(), sim.cpu())))  # fmt: skip
+                                     states.cpu(), mask[0].bool().cpu(), sim.cpu())))  # fmt: skip
     if world > 1:
         parts: list[list] = [[] for _ in range(world)]
         torch.distributed.all_gather_object(parts, out)

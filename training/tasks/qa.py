@@ -38,12 +38,7 @@ def dual_features(model: EgoVLPv2, video: torch.Tensor, ids: torch.Tensor, mask:
     """Unfused ``[video CLS; text feature]`` ``(B, Dv + Dt)``: the inputs of the dual baseline head."""
     v = model.video.features(model.video_upper_tokens(model.video_lower(video, "dual")))  # (B, Dv)
     h = model.text_upper_tokens(model.text_lower(ids, mask), mask)  # (B, L, Dt)
-    if model.cfg.text.pooling == "mean":
-        m = mask.unsqueeze(-1).to(h.dtype)
-        t = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
-    else:
-        t = h[:, 0]
-    return torch.cat([v, t], dim=-1)
+    return torch.cat([v, model.pool_text(h, mask)], dim=-1)
 
 
 def choice_texts(question: str, choices: Sequence[str]) -> list[str]:
