@@ -80,11 +80,17 @@ class FinetunedQAHook:
         return head
 
     def create(self, teacher_head: nn.Module, model: EgoVLPv2) -> nn.Module:
-        """A fresh ``QAHead`` over ``model``'s fused video CLS with the teacher head's answers and dropout."""
+        """A fresh ``QAHead`` over ``model``'s fused video CLS with the teacher head's answers and dropout; every
+        teacher tensor whose shape fits (the answer-to-answer layer, whose bias holds the answer prior) is copied."""
         from egovlpv2_edge.training.tasks.heads import QAHead
 
         config = teacher_head.config()  # type: ignore[operator]
         head = QAHead(model.cfg.video.width, config["num_answers"], config["dropout"])
+        theirs = teacher_head.state_dict()
+        with torch.no_grad():
+            for key, tensor in head.state_dict().items():
+                if key in theirs and theirs[key].shape == tensor.shape:
+                    tensor.copy_(theirs[key])
         self._payloads[id(head)] = dict(self._payloads.get(id(teacher_head), {}))  # its answers and params
         return head
 

@@ -57,6 +57,18 @@ def affinity_kl(student_sim: torch.Tensor, teacher_sim: torch.Tensor, temperatur
     return _kl_rows(s, t).mean() + _kl_rows(s.T, t.T).mean()
 
 
+def embedding_cosine(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Embedding distillation: ``mean_i (1 - cos(s_i, t_i))`` over paired rows ``(N, D)`` of one embedding space.
+
+    The affinity KL only fixes how a batch's similarities rank; this pins each student embedding to the
+    teacher's own, a target per clip rather than per batch, which a video encoder trained from scratch learns
+    from far faster. Both must live in one space (same width; e.g. a student whose text tower is the teacher's).
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(f"embedding shapes differ: student {tuple(student.shape)} vs teacher {tuple(teacher.shape)}")
+    return (1.0 - F.cosine_similarity(student, teacher.detach(), dim=-1)).mean()
+
+
 def logit_kl(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, reduction: str = "mean"
 ) -> torch.Tensor:

@@ -23,7 +23,14 @@ from egovlpv2_edge.tokenizer import Tokenizer
 from egovlpv2_edge.training.curves import plot_curves
 from egovlpv2_edge.training.data.dataset import EgoClipDataset, collate
 from egovlpv2_edge.training.distributed import DistInfo
-from egovlpv2_edge.training.trainer import GlobalBatchSampler, _autocast, _batch_to, _read_metrics, _worker_init
+from egovlpv2_edge.training.trainer import (
+    GlobalBatchSampler,
+    _autocast,
+    _batch_to,
+    _read_metrics,
+    _worker_init,
+    check_resumable,
+)
 
 if TYPE_CHECKING:
     from egovlpv2_edge.compress._distill_heads import QABatches
@@ -31,7 +38,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LOG_KEYS = ("loss", "distill", "kd_affinity", "kd_vtm", "kd_mlm", "kd_hidden", "kd_heads", "egonce", "mlm", "vtm")
+LOG_KEYS = (
+    "loss", "distill", "kd_affinity", "kd_embed", "kd_vtm", "kd_mlm", "kd_hidden", "kd_heads", "egonce", "mlm", "vtm"
+)  # fmt: skip
 
 
 @dataclass
@@ -70,6 +79,7 @@ def save_run(run: Run, path: Path) -> None:
 
 def resume(run: Run, path: Path) -> None:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    check_resumable(path, ckpt.get("run_config"), run.cfg)
     run.task.student.load_state_dict(ckpt["model"])
     run.task.proj.load_state_dict(ckpt["distill_aux"]["proj"])
     run.task.heads.load_state_dict(ckpt["distill_aux"]["heads"])
@@ -101,7 +111,7 @@ def _step(run: Run, batch: dict[str, Any], s_tok: Tokenizer, t_tok: Tokenizer, s
             b["noun"],
             torch.tensor(run.step),
             b["parts"],
-            run.qa.feeds(run.step) if run.qa is not None else None,
+            run.qa.feeds(run.step) if run.qa is not None and run.step >= run.task.fused_from else None,
         )
     run.opt.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
@@ -146,8 +156,8 @@ def loop(
                 now = time.perf_counter()
                 row["clips_per_s"], t_last, clips = clips / (now - t_last), now, 0
                 log.info(
-                    "step %d/%d loss %.4f distill %.4f (affinity %.4f vtm %.4f mlm %.4f hidden %.4f heads %.4f) "
-                    "gt (egonce %.4f mlm %.4f vtm %.4f) lr %.2e %.1f clips/s",
+                    "step %d/%d loss %.4f distill %.4f (affinity %.4f embed %.4f vtm %.4f mlm %.4f hidden %.4f "
+                    "heads %.4f) gt (egonce %.4f mlm %.4f vtm %.4f) lr %.2e %.1f clips/s",
                     run.step,
                     run.total,
                     *(row[k] for k in LOG_KEYS),
@@ -170,6 +180,6 @@ def loop(
 def plot(history: list[dict[str, float]], path: Path) -> None:
     panels = [
         (("loss", "distill", "egonce", "mlm", "vtm"), "total, distillation, ground truth"),
-        (LOG_KEYS[2:7], "distillation terms (unweighted)"),
+        (LOG_KEYS[2:8], "distillation terms (unweighted)"),
     ]
     plot_curves(history, path, panels, "learning rate")

@@ -7,6 +7,8 @@ pre-training losses (EgoNCE + MLM + VTM, Sec. 3.3, weighted by ``loss.gt_weight`
 
 * **affinity** (:func:`affinity_kl`): KL between the teacher's and the student's softmax over the batch
   video-text similarity matrix, text-to-video rows and video-to-text rows;
+* **embeddings** (:func:`embedding_cosine`): each student dual embedding against the teacher's own (``1 - cos``),
+  video and (when the student's text tower trains) text, where the embedding widths match;
 * **VTM logits** (:func:`logit_kl`): the fused pairs (half matching, half hard negatives drawn from the
   *teacher's* similarities) scored by both; KL of the softened 2-way logits;
 * **MLM logits**: KL of the masked-token distributions on the same masked text (only when teacher and student
@@ -58,6 +60,7 @@ from egovlpv2_edge.compress._distill_losses import (
     HiddenProjections,
     InitReport,
     affinity_kl,
+    embedding_cosine,
     fused_layer_outputs,
     hidden_mse,
     init_from_teacher,
@@ -83,7 +86,7 @@ from egovlpv2_edge.training.losses import egonce_loss, mlm_loss_sum, mlm_mask, p
 from egovlpv2_edge.training.optim import cosine_schedule, param_groups
 from egovlpv2_edge.training.pretrain import LossConfig, canonical_order, local_positions
 from egovlpv2_edge.training.text import is_minilm, load_or_train_tokenizer
-from egovlpv2_edge.training.trainer import GlobalBatchSampler, LoopConfig, OptimConfig
+from egovlpv2_edge.training.trainer import GlobalBatchSampler, LoopConfig, OptimConfig, _read_metrics
 
 __all__ = [
     "DistillConfig",
@@ -101,6 +104,7 @@ __all__ = [
     "carried_entries",
     "default_head_hooks",
     "distill",
+    "embedding_cosine",
     "fused_layer_outputs",
     "head_pairs",
     "hidden_mse",
@@ -109,6 +113,7 @@ __all__ = [
     "logit_kl",
     "proportional_map",
     "run_fused",
+    "same_text_tower",
     "save_student",
 ]
 
@@ -133,11 +138,15 @@ class DistillLossConfig:
     gt: LossConfig = field(default_factory=LossConfig)  # the ground-truth losses (as in pre-training)
     affinity_weight: float = 1.0  # similarity-matrix KL, both directions
     affinity_temperature: float = 0.05  # softmax temperature over cosine similarities
+    embed_weight: float = 1.0  # 1 - cosine of student and teacher dual embeddings (same width only), per clip/text
     vtm_weight: float = 1.0  # VTM-logit KL on the fused pairs
     mlm_weight: float = 1.0  # masked-token logit KL (needs a shared vocabulary)
     head_weight: float = 1.0  # task-head logit KL, summed over the heads both checkpoints carry
     logit_temperature: float = 2.0  # softening of VTM, MLM and task-head logits (t^2-scaled KL)
     hidden_weight: float = 1.0  # fused-layer hidden-state MSE (video and text, after projection)
+    # share of the steps that run the dual terms alone (EgoNCE, affinity, embeddings: no fused pass, about 3x
+    # faster); the fused terms (MLM, VTM, hidden states, task heads) join after it. 0 runs every term throughout.
+    fused_start: float = 0.0
 
     def fused_weights(self) -> dict[str, float]:
         """Effective weight of every term that reads a fused pass: ``masked`` (masked text) or ``pairs`` (VTM
@@ -169,6 +178,10 @@ class DistillTask(nn.Module):
         teacher_heads: Frozen teacher task heads by name.
         student_heads: Trainable student task heads with the same names.
         hooks: The head hooks that compute each head's logits.
+        freeze_text: Keep the student's text tower (embeddings, self-attention and feed-forward layers, text
+            projection) as initialised; its cross-attention and gates still train. When that tower computes what
+            the teacher's does (same config, same tensors, shared vocabulary), the teacher's dual text embeddings
+            stand in for the student's: the text side is then computed once per step, without a backward pass.
     """
 
     def __init__(
@@ -183,10 +196,22 @@ class DistillTask(nn.Module):
         teacher_heads: Mapping[str, nn.Module] | None = None,
         student_heads: Mapping[str, nn.Module] | None = None,
         hooks: Mapping[str, HeadHook] | None = None,
+        freeze_text: bool = False,
     ) -> None:
         super().__init__()
         _check_pair(student.cfg, teacher.cfg)
         self.student = student
+        self.text_frozen = freeze_text
+        if freeze_text:
+            for name, p in student.named_parameters():
+                if name.startswith(("text.", "txt_proj.")) and ".cross." not in name:
+                    p.requires_grad_(False)
+        self.text_from_teacher = freeze_text and shared_vocab and same_text_tower(student, teacher)
+        if freeze_text:
+            log.info(
+                "student text tower frozen; dual text embeddings %s",
+                "taken from the teacher (identical tower)" if self.text_from_teacher else "computed without gradient",
+            )
         self.__dict__["teacher"] = teacher.eval().requires_grad_(False)  # outside the module tree: never trained
         self.proj = HiddenProjections(student.cfg, teacher.cfg)
         self.heads = nn.ModuleDict(dict(student_heads or {}))
@@ -194,6 +219,7 @@ class DistillTask(nn.Module):
         self.hooks = dict(hooks or {})
         self.special_ids, self.mask_id = frozenset(special_ids), mask_id
         self.loss_cfg, self.seed, self.shared_vocab = loss, seed, shared_vocab
+        self.fused_from = 0  # first step with the fused terms (distill() sets it from loss.fused_start)
         self.mlm_distill = shared_vocab and student.cfg.text.vocab_size == teacher.cfg.text.vocab_size
         if loss.mlm_weight > 0 and not self.mlm_distill:
             log.warning(
@@ -252,24 +278,28 @@ class DistillTask(nn.Module):
         g = _Gathered(video, input_ids, attention_mask, teacher_ids, teacher_mask, order)
         t_video = _resize(video, self.teacher.cfg.video.img_size)
 
-        nce, aff, sim_t, pos = self._dual(
+        nce, aff, emb, sim_t, pos = self._dual(
             g, video, t_video, input_ids, attention_mask, teacher_ids, teacher_mask, verb, noun, order
         )
-        mlm, kd_mlm = self._mlm(g, video, t_video, attention_mask, teacher_mask, mine, gen)
-        vtm, kd_vtm, kd_hidden, kd_heads = self._vtm(g, sim_t, pos, mine, gen)
-        kd_qa = question_head_kl(self, qa, self.loss_cfg.logit_temperature) if qa is not None else video.new_zeros(())
+        fused_on = int(step) >= self.fused_from
+        mlm, kd_mlm = self._mlm(g, video, t_video, attention_mask, teacher_mask, mine, gen, fused_on)
+        vtm, kd_vtm, kd_hidden, kd_heads = self._vtm(g, sim_t, pos, mine, gen, fused_on)
+        kd_qa = video.new_zeros(())
+        if qa is not None and fused_on:
+            kd_qa = question_head_kl(self, qa, self.loss_cfg.logit_temperature)
         kd_heads = kd_heads + kd_qa  # the heads' KL on the fused pairs and on QA questions
 
         c = self.loss_cfg
         gt = nce + c.gt.mlm_weight * mlm + c.gt.vtm_weight * vtm
         kd = (
             c.affinity_weight * aff
+            + c.embed_weight * emb
             + c.vtm_weight * kd_vtm
             + c.mlm_weight * kd_mlm
             + c.hidden_weight * kd_hidden
             + c.head_weight * kd_heads
         )
-        logs = {"egonce": nce.detach(), "kd_affinity": aff.detach()}
+        logs = {"egonce": nce.detach(), "kd_affinity": aff.detach(), "kd_embed": emb.detach()}
         logs |= {
             k: all_reduce_sum(v)
             for k, v in (
@@ -284,6 +314,7 @@ class DistillTask(nn.Module):
         }
         logs["distill"] = (
             c.affinity_weight * logs["kd_affinity"]
+            + c.embed_weight * logs["kd_embed"]
             + c.vtm_weight * logs["kd_vtm"]
             + c.mlm_weight * logs["kd_mlm"]
             + c.hidden_weight * logs["kd_hidden"]
@@ -305,19 +336,32 @@ class DistillTask(nn.Module):
         verb: Tensor,
         noun: Tensor,
         order: Tensor,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """Dual pass of both models: EgoNCE on the student, affinity KL, the teacher's similarities for VTM."""
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        """Dual pass of both models: EgoNCE on the student, affinity KL, embedding distillation, the teacher's
+        similarities for VTM."""
         s, t, c = self.student, self.teacher, self.loss_cfg
         v = gather_with_local_grad(s.encode_video(video, normalize=True))[order]
-        x = gather_with_local_grad(s.encode_text(ids, mask, normalize=True))[order]
         with torch.no_grad():
             tv = gather_no_grad(t.encode_video(t_video, normalize=True))[order]
             tx = gather_no_grad(t.encode_text(t_ids, t_mask, normalize=True))[order]
+        if self.text_from_teacher:
+            x = tx
+        elif self.text_frozen:
+            with torch.no_grad():
+                x = gather_no_grad(s.encode_text(ids, mask, normalize=True))[order]
+        else:
+            x = gather_with_local_grad(s.encode_text(ids, mask, normalize=True))[order]
         pos = positive_mask(gather_no_grad(verb)[order], gather_no_grad(noun)[order]) if c.gt.egonce else None
         sim_s, sim_t = x @ v.T, (tx @ tv.T).float()  # (N, N), text rows
-        nce = egonce_loss(sim_s, pos, s.temperature) if c.gt_weight > 0 else sim_s.new_zeros(())
-        aff = affinity_kl(sim_s, sim_t, c.affinity_temperature) if c.affinity_weight > 0 else sim_s.new_zeros(())
-        return nce, aff, sim_t, pos
+        zero = sim_s.new_zeros(())
+        nce = egonce_loss(sim_s, pos, s.temperature) if c.gt_weight > 0 else zero
+        aff = affinity_kl(sim_s, sim_t, c.affinity_temperature) if c.affinity_weight > 0 else zero
+        emb = zero
+        if c.embed_weight > 0 and v.shape == tv.shape:  # one embedding space only when the widths match
+            emb = embedding_cosine(v, tv)
+            if x.requires_grad:
+                emb = emb + embedding_cosine(x, tx)
+        return nce, aff, emb, sim_t, pos
 
     def _mlm(
         self,
@@ -328,12 +372,13 @@ class DistillTask(nn.Module):
         t_mask: Tensor,
         mine: Tensor,
         gen: torch.Generator,
+        fused_on: bool = True,
     ) -> tuple[Tensor, Tensor]:
         """Fused pass on masked text: ground-truth MLM and, with a shared vocabulary, MLM-logit KL."""
         s, c = self.student, self.loss_cfg
         zero = video.new_zeros(())
         w = c.fused_weights()
-        need_gt, need_kd = w["masked_gt"] > 0, w["masked_kd"] > 0 and self.mlm_distill
+        need_gt, need_kd = fused_on and w["masked_gt"] > 0, fused_on and w["masked_kd"] > 0 and self.mlm_distill
         if not (need_gt or need_kd):
             return zero, zero
         masked, labels = mlm_mask(
@@ -354,11 +399,17 @@ class DistillTask(nn.Module):
         return mlm, kd
 
     def _vtm(
-        self, g: _Gathered, sim_t: Tensor, pos: Tensor | None, mine: Tensor, gen: torch.Generator
+        self,
+        g: _Gathered,
+        sim_t: Tensor,
+        pos: Tensor | None,
+        mine: Tensor,
+        gen: torch.Generator,
+        fused_on: bool = True,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Fused pass on pairs drawn from the teacher's similarities: VTM, VTM KL, hidden states, task heads."""
         s, t, c = self.student, self.teacher, self.loss_cfg
-        if not any(w > 0 for k, w in c.fused_weights().items() if k.startswith("pairs")):
+        if not fused_on or not any(w > 0 for k, w in c.fused_weights().items() if k.startswith("pairs")):
             zero = sim_t.new_zeros(())
             return zero, zero, zero, zero  # no term reads the fused pairs: skip both fused passes
         plan = vtm_plan(sim_t, pos, t.temperature, gen)
@@ -419,6 +470,21 @@ class _Gathered:
         self.t_mask = self.mask if same else gather_no_grad(t_mask)[order]
 
 
+def same_text_tower(student: EgoVLPv2, teacher: EgoVLPv2) -> bool:
+    """Whether the student's dual text path (gates off) computes exactly what the teacher's does: same text config,
+    same pooling and projection widths, and equal tensors under the same names outside the cross-attention."""
+    if student.cfg.text != teacher.cfg.text or student.cfg.heads.embed_dim != teacher.cfg.heads.embed_dim:
+        return False
+    t_sd = teacher.state_dict()
+    for name, tensor in student.state_dict().items():
+        if not name.startswith(("text.", "txt_proj.")) or ".cross." in name:
+            continue
+        other = t_sd.get(name)
+        if other is None or other.shape != tensor.shape or not torch.equal(other, tensor):
+            return False
+    return True
+
+
 def _mean_tokens(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     m = mask.unsqueeze(-1).to(x.dtype)  # (B, L, 1)
     return (x * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, D)
@@ -463,6 +529,7 @@ class DistillConfig(LoopConfig):
     student_init: str = ""  # start the student from this checkpoint (e.g. one with a task head) instead
     init_text: str = "auto"  # auto (MiniLM for the MiniLM layout) | minilm | none; before init_from_teacher
     init_from_teacher: bool = True  # copy every teacher tensor whose shape fits (layer maps in the report)
+    freeze_text: bool = True  # keep the student's text tower as initialised (cross-attention and gates train)
     loss: DistillLossConfig = field(default_factory=DistillLossConfig)
     qa_batch_size: int = -1  # QA-split questions per step for the QA head's KL: -1 = batch_size // 2, 0 = none
 
@@ -614,20 +681,31 @@ def distill(cfg: DistillConfig, hooks: Mapping[str, HeadHook] | None = None) -> 
     t_heads, s_heads = head_pairs(hooks, t_ckpt, teacher, s_ckpt, student)
     student.set_grad_checkpointing(cfg.grad_checkpointing)
     task = DistillTask(
-        student.train(), teacher, s_tok.special_ids, s_tok.mask_id, cfg.loss, cfg.seed, shared, t_heads, s_heads, hooks
+        student.train(),
+        teacher,
+        s_tok.special_ids,
+        s_tok.mask_id,
+        cfg.loss,
+        cfg.seed,
+        shared,
+        t_heads,
+        s_heads,
+        hooks,
+        freeze_text=cfg.freeze_text,
     ).to(info.device)
     data, sampler = _data(cfg, student.cfg, info)
     qa_batch = cfg.batch_size // 2 if cfg.qa_batch_size < 0 else cfg.qa_batch_size
     qa = qa_batches(cfg.data, task, qa_batch, info, cfg.seed, cfg.num_workers, (s_tok, t_tok))
     spe = len(data) // cfg.batch_size
     total = cfg.max_steps or spe * cfg.epochs
+    task.fused_from = round(cfg.loss.fused_start * total)
     ddp: nn.Module = task
     if info.world_size > 1:
         ddp = nn.parallel.DistributedDataParallel(
             task,
             device_ids=[info.local_rank] if info.device.type == "cuda" else None,
             # a fused term at 0 leaves its parameters unused
-            find_unused_parameters=not all(w > 0 for w in cfg.loss.fused_weights().values()),
+            find_unused_parameters=task.fused_from > 0 or not all(w > 0 for w in cfg.loss.fused_weights().values()),
         )
     opt = build_optimizer_for(task, cfg.optim)
     sched = cosine_schedule(opt, total, cfg.optim.warmup)
@@ -635,6 +713,8 @@ def distill(cfg: DistillConfig, hooks: Mapping[str, HeadHook] | None = None) -> 
     run = Run(cfg, info, task, ddp, opt, sched, scaler, out, total, qa=qa)
     if cfg.resume and (out / "last.pt").is_file():
         resume(run, out / "last.pt")
+    elif info.is_main:
+        _read_metrics(out / "metrics.jsonl", 0)  # a fresh start: no rows of an earlier run in this folder
     if info.is_main:
         save_resolved(cfg, out)
         log.info(

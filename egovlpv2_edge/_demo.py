@@ -44,7 +44,10 @@ class Demo:
     batch_size: int = 16  # pre-training and distillation clips per step (before scene negatives)
     qa_steps: int = 60  # QA fine-tuning steps
     qa_batch_size: int = 8
-    distill_steps: int = 60  # distillation steps
+    distill_steps: int = 260  # distillation steps
+    # share of them with the dual terms alone (EgoNCE, affinity, embeddings) before the fused terms and the QA
+    # head's join: the student's video encoder starts from scratch and learns from the dual terms, 3x cheaper
+    distill_fused_start: float = 0.9
     quant_clips: int = 32  # calibration + held-out clips of the quantization measurement
     quant_methods: tuple[str, ...] = ("nncf", "ort_dynamic", "fp16")  # variants measured against FP32
     eval_limit: int = 120  # EgoMCQ and QA questions evaluated per stage
@@ -76,6 +79,12 @@ def _scale(demo: Demo) -> float:
     return 0.05 if demo.preset == "egovlpv2_test" else 1.0
 
 
+def _distill_estimate(demo: Demo) -> float:
+    """Seconds of distillation: dual-only steps cost about a third of full ones on this CPU."""
+    dual = round(demo.distill_fused_start * demo.distill_steps)
+    return (0.8 * dual + 2.5 * (demo.distill_steps - dual)) * _scale(demo) + 15
+
+
 def _pretrain_estimate(demo: Demo) -> float:
     """Seconds of teacher pre-training: dual-only steps cost about a third of full ones on this CPU."""
     dual = round(demo.fusion_start * demo.steps)
@@ -98,7 +107,7 @@ def stages() -> list[Stage]:
             "distillation into the edge student",
             "student/student.pt",
             tr.stage_distill,
-            lambda d: 3 * d.distill_steps * s(d) + 10,
+            _distill_estimate,
         ),  # fmt: skip
         Stage(
             "export",
@@ -154,6 +163,11 @@ def run_stages(demo: Demo, only: list[str]) -> dict[str, float]:
                 demo.path(st.marker).unlink(missing_ok=True)
     last = max((i for i, st in enumerate(all_stages) if st.name in only), default=len(all_stages) - 1)
     todo = [st for st in all_stages[: last + 1] if st.name in only or not demo.path(st.marker).exists()]
+    saved = demo.path("settings.json")
+    same = saved.is_file() and json.loads(saved.read_text()) == json.loads(json.dumps(demo.schedules()))
+    for st in todo:  # a training stage cut short resumes from its last.pt, unless it runs again or settings changed
+        if st.name in only or not same:
+            demo.path(st.marker).parent.joinpath("last.pt").unlink(missing_ok=True)
     for k, st in enumerate(all_stages[: last + 1], start=1):
         head = f"[{k}/{len(all_stages)}] {st.name}: {st.title}"
         if st not in todo:
@@ -196,6 +210,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--qa-steps", type=int, default=d.qa_steps, help="QA fine-tuning steps (%(default)s)")
     g.add_argument("--qa-batch-size", type=int, default=d.qa_batch_size, help="QA fine-tuning batch (%(default)s)")
     g.add_argument("--distill-steps", type=int, default=d.distill_steps, help="distillation steps (%(default)s)")
+    g.add_argument(
+        "--distill-fused-start", type=float, default=d.distill_fused_start,
+        help="share of the distillation steps with the dual terms alone before the fused ones join (%(default)s)",
+    )  # fmt: skip
     g.add_argument("--quant-clips", type=int, default=d.quant_clips, help="quantization clips (%(default)s)")
     g.add_argument("--quant-methods", nargs="+", default=list(d.quant_methods),
                    help="quantization variants measured (see egovlp compress quantize --help)")  # fmt: skip
@@ -217,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         student_model=json.loads(args.student_model), steps=args.steps, fusion_start=args.fusion_start,
         reverse_weight=args.reverse_weight, batch_size=args.batch_size,
         qa_steps=args.qa_steps, qa_batch_size=args.qa_batch_size, distill_steps=args.distill_steps,
+        distill_fused_start=args.distill_fused_start,
         quant_clips=args.quant_clips, quant_methods=tuple(args.quant_methods), eval_limit=args.eval_limit,
         day_minutes=args.day_minutes, seed=args.seed,
     )  # fmt: skip

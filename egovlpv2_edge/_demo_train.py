@@ -65,6 +65,7 @@ def stage_distill(demo: Any) -> None:
         "distill", "--teacher", str(demo.path("qa") / "finetuned.pt"), "--data", str(demo.path("data")),
         "--out", str(demo.path("student")), "--student-preset", demo.student_preset,
         f"max_steps={demo.distill_steps}", f"batch_size={demo.batch_size}", f"seed={demo.seed}",
+        f"loss.fused_start={demo.distill_fused_start}", f"optim.video_lr_mult={demo.video_lr_mult}",
         "num_workers=1", "log_every=10", "ckpt_every=50",
     ]  # fmt: skip
     if demo.student_model:

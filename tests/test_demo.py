@@ -14,7 +14,7 @@ TINY = [
     "--videos", "6", "--preset", "egovlpv2_test", "--student-preset", "egovlpv2_test",
     "--student-model", json.dumps({"video": {"width": 16, "heads": 2}}), "--steps", "3", "--fusion-start", "0.34",
     "--batch-size", "8", "--qa-steps", "3", "--qa-batch-size", "4", "--distill-steps", "2", "--quant-clips", "8",
-    "--quant-methods", "ort_dynamic", "--eval-limit", "8", "--day-minutes", "1",
+    "--distill-fused-start", "0.5", "--quant-methods", "ort_dynamic", "--eval-limit", "8", "--day-minutes", "1",
 ]  # fmt: skip
 OUTPUTS = [
     "data/qa.json", "teacher/curves.png", "qa/curves.png", "student/curves.png", "graphs/teacher/fused_upper.onnx",

@@ -40,6 +40,17 @@ class LossConfig:
     # weight of the time-reversal term: each clip whose verb has a reverse (pick up / put down, open / close) must
     # match its text better than the same clip played backwards; 0 (the paper) skips the extra video pass
     reverse_weight: float = 0.0
+    # weight of the shuffled-frames term: every clip must match its text better than the same clip with its frames
+    # in another order (one random non-identity permutation per step); 0 skips the extra video pass
+    shuffle_weight: float = 0.0
+
+
+def shuffled_order(frames: int, gen: torch.Generator) -> torch.Tensor:
+    """A random order of ``frames`` frames other than the original one (``frames >= 2``)."""
+    while True:
+        perm = torch.randperm(frames, generator=gen)
+        if not torch.equal(perm, torch.arange(frames)):
+            return perm
 
 
 def canonical_order(world: int, per_part: int, parts: int) -> torch.Tensor:
@@ -157,11 +168,18 @@ class PretrainTask(nn.Module):
         if cfg.reverse_weight > 0 and self.directional:  # 4) the clip must beat itself played backwards
             rev = self._reverse_loss(video, verb, t[mine.to(video.device)], v[mine.to(video.device)])
 
-        loss = nce + cfg.mlm_weight * mlm + cfg.vtm_weight * vtm + cfg.reverse_weight * rev
+        shuf = torch.zeros((), device=video.device)
+        if cfg.shuffle_weight > 0 and video.shape[1] > 1:  # 5) the clip must beat itself with its frames shuffled
+            perm = shuffled_order(video.shape[1], gen).to(video.device)
+            shuffled = m.encode_video(video[:, perm], normalize=True)  # (b, E)
+            local = mine.to(video.device)
+            shuf = time_reversal_loss(t[local], v[local], shuffled, m.temperature) / N
+
+        loss = nce + cfg.mlm_weight * mlm + cfg.vtm_weight * vtm + cfg.reverse_weight * rev + cfg.shuffle_weight * shuf
         logs = {"egonce": nce.detach(), "mlm": all_reduce_sum(mlm), "vtm": all_reduce_sum(vtm)}
-        logs["reverse"] = all_reduce_sum(rev)
+        logs["reverse"], logs["shuffle"] = all_reduce_sum(rev), all_reduce_sum(shuf)
         logs["loss"] = logs["egonce"] + cfg.mlm_weight * logs["mlm"] + cfg.vtm_weight * logs["vtm"]
-        logs["loss"] = logs["loss"] + cfg.reverse_weight * logs["reverse"]
+        logs["loss"] = logs["loss"] + cfg.reverse_weight * logs["reverse"] + cfg.shuffle_weight * logs["shuffle"]
         return loss * world, logs
 
     def _reverse_loss(

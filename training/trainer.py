@@ -158,8 +158,45 @@ def _save(
     tmp.replace(path)  # atomic: a killed save never corrupts last.pt
 
 
-def _resume(path: Path, task: PretrainTask, opt: Any, sched: Any, scaler: Any, state: _State) -> None:
+# settings a resumed run may change: they do not alter what is computed
+RESUME_FREE = frozenset({"stop_at", "resume", "num_workers", "threads", "log_every", "ckpt_every", "device"})
+
+
+def check_resumable(path: Path, saved: Any, cfg: Any) -> None:
+    """Raise ValueError naming the settings that differ between the run that wrote ``path`` and ``cfg``.
+
+    Resuming under other settings (another schedule, model or loss) would silently mix two runs, or fail deep in
+    the optimizer; the message says how to continue or start over.
+    """
+    if not isinstance(saved, dict):
+        return  # written before run configs were saved: nothing to compare
+    now = dataclasses.asdict(cfg)
+    diffs = [
+        f"{k}: {_flat(saved).get(k)!r} -> {v!r}"
+        for k, v in _flat(now).items()
+        if k.split(".")[0] not in RESUME_FREE and _flat(saved).get(k) != v
+    ]
+    if diffs:
+        shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+        raise ValueError(
+            f"{path} was written by a run with other settings ({shown}). Run again with those settings to continue "
+            f"it, or start over: another out= or resume=false (which overwrites {path.parent})"
+        )
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _resume(path: Path, task: PretrainTask, opt: Any, sched: Any, scaler: Any, state: _State, cfg: Any) -> None:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    check_resumable(path, ckpt.get("run_config"), cfg)
     task.model.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])
     sched.load_state_dict(ckpt["scheduler"])
@@ -223,8 +260,10 @@ def train(cfg: PretrainConfig) -> Path:
     scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.amp == "fp16")
     state = _State()
     if cfg.resume and (out / "last.pt").is_file():
-        _resume(out / "last.pt", task, opt, sched, scaler, state)
+        _resume(out / "last.pt", task, opt, sched, scaler, state, cfg)
         state.history = _read_metrics(out / "metrics.jsonl", state.step)
+    elif info.is_main:
+        _read_metrics(out / "metrics.jsonl", 0)  # a fresh start: no rows of an earlier run in this folder
     if info.is_main:
         save_resolved(cfg, out)
         log.info(
@@ -334,4 +373,9 @@ def _read_metrics(path: Path, upto: int) -> list[dict[str, float]]:
 
 
 def _plot(history: list[dict[str, float]], path: Path) -> None:
-    plot_curves(history, path, [(("loss", "egonce", "mlm", "vtm", "reverse"), "pre-training losses")], "learning rate")
+    plot_curves(
+        history,
+        path,
+        [(("loss", "egonce", "mlm", "vtm", "reverse", "shuffle"), "pre-training losses")],
+        "learning rate",
+    )

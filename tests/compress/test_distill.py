@@ -27,11 +27,13 @@ from egovlpv2_edge.compress.distill import (
     build_optimizer_for,
     carried_entries,
     distill,
+    embedding_cosine,
     fused_layer_outputs,
     hidden_mse,
     init_from_teacher,
     logit_kl,
     proportional_map,
+    same_text_tower,
     save_student,
 )
 from egovlpv2_edge.model import EgoVLPv2
@@ -105,6 +107,14 @@ def test_logit_kl_hand_value_and_temperature_scaling() -> None:
     assert logit_kl(student, teacher, 2.0, "sum").item() == pytest.approx(4 * _kl([p, 1 - p], [0.5, 0.5]), rel=1e-6)
     with pytest.raises(ValueError, match="logit shapes differ"):
         logit_kl(torch.zeros(2, 3), torch.zeros(2, 2), 1.0)
+
+
+def test_embedding_cosine_hand_value() -> None:
+    student = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    teacher = torch.tensor([[3.0, 0.0], [1.0, 1.0]])  # cosines 1 and 1/sqrt(2); the scale does not matter
+    assert embedding_cosine(student, teacher).item() == pytest.approx((0.0 + 1.0 - 2**-0.5) / 2, abs=1e-6)
+    with pytest.raises(ValueError, match="embedding shapes differ"):
+        embedding_cosine(student, torch.zeros(2, 3))
 
 
 def test_hidden_mse_masks_padding_and_projects() -> None:
@@ -202,7 +212,7 @@ def test_student_equal_to_teacher_has_zero_distillation_loss() -> None:
         nn.init.constant_(g, 0.3)
     task = DistillTask(copy.deepcopy(teacher).train(), teacher, SPECIAL, MASK_ID, DistillLossConfig())
     _, logs = _run(task, _batch())
-    for key in ("kd_affinity", "kd_vtm", "kd_mlm", "kd_hidden"):
+    for key in ("kd_affinity", "kd_embed", "kd_vtm", "kd_mlm", "kd_hidden"):
         assert logs[key].item() == pytest.approx(0.0, abs=1e-5), key
     assert logs["egonce"] > 0 and logs["mlm"] > 0 and logs["vtm"] > 0
 
@@ -225,7 +235,7 @@ def test_short_distillation_reduces_the_distillation_loss_on_a_fixed_batch() -> 
         history.append({k: float(v) for k, v in logs.items()})
     first, last = history[0], history[-1]
     assert last["distill"] < 0.5 * first["distill"], (first, last)
-    for key in ("kd_affinity", "kd_vtm", "kd_mlm", "kd_hidden"):
+    for key in ("kd_affinity", "kd_embed", "kd_vtm", "kd_mlm", "kd_hidden"):
         assert last[key] < first[key], key
     assert first["egonce"] == 0.0 and first["loss"] == pytest.approx(first["distill"])  # gt_weight=0
 
@@ -247,6 +257,22 @@ def test_dual_only_distillation_runs_no_fused_pass() -> None:
     assert all(logs[k].item() == 0.0 for k in ("mlm", "vtm", "kd_mlm", "kd_vtm", "kd_hidden", "kd_heads"))
 
 
+def test_fused_terms_join_at_fused_from() -> None:
+    teacher = create_model("egovlpv2_test")
+    task = DistillTask(_student(), teacher, SPECIAL, MASK_ID, DistillLossConfig())
+    task.fused_from = 2
+    calls = []
+    original = task.student.fuse_upper
+    task.student.fuse_upper = lambda *a, **k: calls.append(1) or original(*a, **k)  # type: ignore[method-assign]
+    fused = ("mlm", "vtm", "kd_mlm", "kd_vtm", "kd_hidden")
+    for step in (0, 1):
+        _, logs = _run(task, _batch(), step)
+        assert not calls and all(logs[k].item() == 0.0 for k in fused), step
+        assert logs["kd_affinity"] > 0 and logs["kd_embed"] > 0
+    _, logs = _run(task, _batch(), 2)
+    assert calls and all(logs[k].item() > 0 for k in fused)
+
+
 def test_mlm_distillation_is_skipped_without_a_shared_vocabulary(caplog) -> None:
     teacher = create_model("egovlpv2_test")
     with caplog.at_level("WARNING"):
@@ -257,6 +283,50 @@ def test_mlm_distillation_is_skipped_without_a_shared_vocabulary(caplog) -> None
     t_ids, t_mask = ids[:, :10].clone(), mask[:, :10].clone()  # another tokenisation: other length
     _, logs = task(b["video"], ids, mask, t_ids, t_mask, b["verb"], b["noun"], torch.tensor(0))
     assert logs["kd_mlm"].item() == 0.0 and logs["kd_hidden"] > 0 and logs["mlm"] > 0
+
+
+def _text_grads(task: DistillTask) -> dict[str, torch.Tensor | None]:
+    return {n: p.grad for n, p in task.student.named_parameters() if n.startswith(("text.", "txt_proj."))}
+
+
+def test_frozen_text_tower_takes_the_teachers_text_side_and_trains_the_rest() -> None:
+    teacher = create_model("egovlpv2_test")
+    for g in teacher.gates():
+        nn.init.constant_(g, 0.3)
+    student = _student()
+    init_from_teacher(student, teacher)  # the text tower is copied whole (same text config)
+    assert same_text_tower(student, teacher)
+    torch.manual_seed(0)  # the same hidden-state projections in both
+    frozen = DistillTask(copy.deepcopy(student), teacher, SPECIAL, MASK_ID, DistillLossConfig(), freeze_text=True)
+    torch.manual_seed(0)
+    free = DistillTask(copy.deepcopy(student), teacher, SPECIAL, MASK_ID, DistillLossConfig())
+    assert frozen.text_from_teacher and not free.text_from_teacher
+    b = _batch()
+    (loss_f, logs_f), (loss_u, logs_u) = _run(frozen, b), _run(free, b)
+    for key in logs_u:  # the teacher's text embeddings stand in for an identical tower: the same values
+        assert logs_f[key].item() == pytest.approx(logs_u[key].item(), rel=1e-4, abs=1e-6), key
+    loss_f.backward()
+    loss_u.backward()
+    grads = _text_grads(frozen)
+    assert all(g is None for n, g in grads.items() if ".cross." not in n)  # the tower gets no gradient
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if ".cross." in n)  # cross-attention
+    assert frozen.student.video.patch_embed.weight.grad.abs().sum() > 0
+    assert any(g is not None and g.abs().sum() > 0 for n, g in _text_grads(free).items() if ".cross." not in n)
+    opt = build_optimizer_for(frozen, resolve(DistillConfig, None, []).optim)
+    assert not any(
+        p is q for g in opt.param_groups for p in g["params"] for q in frozen.student.text.embeddings.parameters()
+    )
+
+
+def test_frozen_text_tower_unlike_the_teacher_computes_its_own_embeddings() -> None:
+    teacher, student = create_model("egovlpv2_test"), _student()  # independent random text towers
+    assert not same_text_tower(student, teacher)
+    task = DistillTask(student, teacher, SPECIAL, MASK_ID, DistillLossConfig(), freeze_text=True)
+    assert task.text_frozen and not task.text_from_teacher
+    loss, logs = _run(task, _batch())
+    loss.backward()
+    assert logs["kd_embed"] > 0 and logs["egonce"] > 0
+    assert all(g is None for n, g in _text_grads(task).items() if ".cross." not in n)
 
 
 def test_mismatched_pair_is_a_typed_error() -> None:
@@ -434,7 +504,14 @@ def test_qa_head_kl_on_questions_is_zero_for_a_copy_and_trains_a_fresh_student_h
     assert logs["kd_heads_qa"].item() == pytest.approx(0.0, abs=1e-6)
     fresh = hook.create(t_head, create_model("egovlpv2_test", **STUDENT))
     assert (fresh.in_dim, fresh.num_answers, fresh.dropout) == (16, 4, t_head.dropout)
-    fresh = hook.create(t_head, student)
+    # the answer-to-answer layer fits and is copied (its bias holds the answer prior); the input layer is fresh
+    assert torch.equal(fresh.net[3].weight, t_head.net[3].weight) and torch.equal(fresh.net[3].bias, t_head.net[3].bias)
+    assert fresh.net[0].weight.shape != t_head.net[0].weight.shape
+    fresh = hook.create(t_head, student)  # the same width: every tensor fits and is copied
+    mine, theirs = fresh.state_dict(), t_head.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    with torch.no_grad():
+        fresh.net[0].weight.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(3))  # make it differ
     distilling = task(fresh)
     loss, logs = distilling(*args, qa=qa)
     with torch.no_grad():  # by hand: KL of the head's softened logits on the questions' fused video CLS

@@ -40,7 +40,7 @@ def _metrics(run: Path) -> list[dict]:
 def test_two_process_torchrun_matches_one_process(synth, tmp_path) -> None:
     # the first step trains the dual encoders alone (DDP then sees unused fusion parameters), the others everything
     common = BASE + [f"data={synth}", "batch_size=8", "max_steps=3", "scene_negatives=true", "loss.fusion_start=0.34"]
-    common += ["loss.reverse_weight=1.0"]  # the time-reversal term's average spans the processes too
+    common += ["loss.reverse_weight=1.0", "loss.shuffle_weight=1.0"]  # their averages span the processes too
     one = tmp_path / "one"
     train(resolve(PretrainConfig, None, common + [f"out={one}"]))
     two = tmp_path / "two"
@@ -52,9 +52,9 @@ def test_two_process_torchrun_matches_one_process(synth, tmp_path) -> None:
     a, b = _metrics(one), _metrics(two)
     assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
     assert a[0]["mlm"] == a[0]["vtm"] == 0.0 and all(r["mlm"] > 0 and r["vtm"] > 0 for r in a[1:])
-    assert all(r["reverse"] > 0 for r in a)
+    assert all(r["reverse"] > 0 and r["shuffle"] > 0 for r in a)
     for ra, rb in zip(a, b, strict=True):
-        for key in ("loss", "egonce", "mlm", "vtm", "reverse"):
+        for key in ("loss", "egonce", "mlm", "vtm", "reverse", "shuffle"):
             assert abs(ra[key] - rb[key]) <= 1e-4 * abs(ra[key]), (key, ra[key], rb[key])
 
 
@@ -106,3 +106,25 @@ def test_dual_warmup_leaves_the_fusion_weights_alone(synth, tmp_path) -> None:
     state = torch.load(run / "teacher.pt", map_location="cpu", weights_only=False)["model"]
     gates = [v for k, v in state.items() if k.endswith(".gate")]
     assert gates and all(v.abs().max() == 0 for v in gates)  # never used, so never moved from 0
+
+
+def test_shuffled_order_is_never_the_original() -> None:
+    from egovlpv2_edge.training.pretrain import shuffled_order
+
+    gen = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(200):
+        perm = shuffled_order(4, gen)
+        assert sorted(perm.tolist()) == [0, 1, 2, 3] and perm.tolist() != [0, 1, 2, 3]
+        seen.add(tuple(perm.tolist()))
+    assert len(seen) == 23  # every other order of 4 frames comes up
+    assert shuffled_order(2, gen).tolist() == [1, 0]
+
+
+def test_resume_under_other_settings_is_a_clear_error_and_a_fresh_start_clears_old_metrics(synth, tmp_path) -> None:
+    common = BASE + [f"data={synth}", "batch_size=4", f"out={tmp_path / 'run'}"]
+    train(resolve(PretrainConfig, None, common + ["max_steps=3", "stop_at=1"]))
+    with pytest.raises(ValueError, match=r"other settings \(max_steps: 3 -> 4\).*resume=false"):
+        train(resolve(PretrainConfig, None, common + ["max_steps=4"]))
+    train(resolve(PretrainConfig, None, common + ["max_steps=2", "resume=false"]))  # starts over in the same folder
+    assert [r["step"] for r in _metrics(tmp_path / "run")] == [1, 2]
