@@ -123,6 +123,15 @@ def clip_latency(encoder: Any, frames: np.ndarray, repeats: int = 15) -> dict[st
     return out
 
 
+def _model_counts(cfg: Any) -> dict[str, float]:
+    """Parameters (millions) and GMACs of one dual-mode clip encoding of the packaged model's configuration."""
+    from egovlpv2_edge.model import EgoVLPv2
+    from egovlpv2_edge.model.stats import count_macs, count_params
+
+    model = EgoVLPv2(cfg).eval()
+    return {"params_m": count_params(model)["total"] / 1e6, "gmacs_per_clip": count_macs(model)["dual_clip"]}
+
+
 def _package_eval(path: Path, data: Path, limit: int, cache: dict[tuple[int, int], dict[str, list]]) -> dict:
     from egovlpv2_edge.package import open_package
     from egovlpv2_edge.runtime.encoder import PackageEncoder
@@ -141,6 +150,7 @@ def _package_eval(path: Path, data: Path, limit: int, cache: dict[tuple[int, int
         "package": str(path),
         "precision": {g: e.selected for g, e in package.manifest.graphs.items()},
         "graph_bytes": int(sum(Path(p).stat().st_size for p in selected.values())),
+        **_model_counts(package.config),
         "egomcq": egomcq(encoder, c["mcq"]),
         "qa_mc": qa_multiple_choice(encoder, c["qa"]),
         "qa_head": None if vocab is None else qa_head(encoder, c["qa"], vocab),

@@ -15,6 +15,10 @@ def _read(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _num(row: dict[str, Any], key: str, digits: int) -> str:
+    return f"{row[key]:.{digits}f}" if key in row else "-"  # absent from an eval.json of an older run
+
+
 def _accuracy(ev: dict[str, Any]) -> list[str]:
     n = ev["teacher"]["egomcq"]["counts"]
     lines = [
@@ -22,9 +26,9 @@ def _accuracy(ev: dict[str, Any]) -> list[str]:
         f"QA multiple choice by VTM over {ev['teacher']['qa_mc']['n']} test questions, chance "
         f"{ev['teacher']['qa_mc']['chance']:.0f}%; text-to-video over {ev['teacher']['recall']['clips']} test clips):",
         "",
-        "| stage | EgoMCQ inter | EgoMCQ intra | QA (MC, VTM) | QA (head) | R@1 | R@5 | R@10 | graphs MB "
-        "| ms/clip b1 | ms/clip b8 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| stage | EgoMCQ inter | EgoMCQ intra | QA (MC, VTM) | QA (head) | R@1 | R@5 | R@10 | params M "
+        "| GMACs/clip | graphs MB | ms/clip b1 | ms/clip b8 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, name in ROWS:
         r = ev[key]
@@ -32,7 +36,8 @@ def _accuracy(ev: dict[str, Any]) -> list[str]:
         head = f"{r['qa_head']['accuracy']:.1f}" if r.get("qa_head") else "-"
         lines.append(
             f"| {name} | {m['inter']:.1f} | {m['intra']:.1f} | {r['qa_mc']['accuracy']:.1f} | {head} | "
-            f"{rec['R@1']:.1f} | {rec['R@5']:.1f} | {rec['R@10']:.1f} | {r['graph_bytes'] / 1e6:.1f} | "
+            f"{rec['R@1']:.1f} | {rec['R@5']:.1f} | {rec['R@10']:.1f} | {_num(r, 'params_m', 1)} | "
+            f"{_num(r, 'gmacs_per_clip', 3)} | {r['graph_bytes'] / 1e6:.1f} | "
             f"{lat['batch1_ms_per_clip']:.2f} | {lat['batch8_ms_per_clip']:.2f} |"
         )
     lines += ["", "EgoMCQ by scoring, inter/intra (the table shows the ensemble):"]
