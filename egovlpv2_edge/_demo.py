@@ -35,7 +35,7 @@ class Demo:
     preset: str = "egovlpv2_small"  # teacher preset
     student_preset: str = "egovlpv2_edge"  # student preset
     student_model: dict[str, Any] = field(default_factory=dict)  # overrides merged over the student preset
-    steps: int = 400  # teacher pre-training steps
+    steps: int = 340  # teacher pre-training steps
     # share of them that trains the dual encoders alone (EgoNCE) before MLM and VTM join: the fused side does not
     # learn within a CPU demo's budget, so nearly all of it goes to the dual encoders that retrieval uses
     fusion_start: float = 0.95
