@@ -86,7 +86,7 @@ from egovlpv2_edge.training.losses import egonce_loss, mlm_loss_sum, mlm_mask, p
 from egovlpv2_edge.training.optim import cosine_schedule, param_groups
 from egovlpv2_edge.training.pretrain import LossConfig, canonical_order, local_positions
 from egovlpv2_edge.training.text import is_minilm, load_or_train_tokenizer
-from egovlpv2_edge.training.trainer import GlobalBatchSampler, LoopConfig, OptimConfig, _read_metrics
+from egovlpv2_edge.training.trainer import GlobalBatchSampler, LoopConfig, OptimConfig, reset_metrics
 
 __all__ = [
     "DistillConfig",
@@ -204,7 +204,7 @@ class DistillTask(nn.Module):
         self.text_frozen = freeze_text
         if freeze_text:
             for name, p in student.named_parameters():
-                if name.startswith(("text.", "txt_proj.")) and ".cross." not in name:
+                if _in_text_tower(name):
                     p.requires_grad_(False)
         self.text_from_teacher = freeze_text and shared_vocab and same_text_tower(student, teacher)
         if freeze_text:
@@ -477,12 +477,15 @@ def same_text_tower(student: EgoVLPv2, teacher: EgoVLPv2) -> bool:
         return False
     t_sd = teacher.state_dict()
     for name, tensor in student.state_dict().items():
-        if not name.startswith(("text.", "txt_proj.")) or ".cross." in name:
-            continue
         other = t_sd.get(name)
-        if other is None or other.shape != tensor.shape or not torch.equal(other, tensor):
+        if _in_text_tower(name) and (other is None or other.shape != tensor.shape or not torch.equal(other, tensor)):
             return False
     return True
+
+
+def _in_text_tower(name: str) -> bool:
+    """A parameter of the dual text path (embeddings, self-attention, feed-forward, projection), not cross-attention."""
+    return name.startswith(("text.", "txt_proj.")) and ".cross." not in name
 
 
 def _mean_tokens(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -714,7 +717,7 @@ def distill(cfg: DistillConfig, hooks: Mapping[str, HeadHook] | None = None) -> 
     if cfg.resume and (out / "last.pt").is_file():
         resume(run, out / "last.pt")
     elif info.is_main:
-        _read_metrics(out / "metrics.jsonl", 0)  # a fresh start: no rows of an earlier run in this folder
+        reset_metrics(out)
     if info.is_main:
         save_resolved(cfg, out)
         log.info(

@@ -170,11 +170,11 @@ def check_resumable(path: Path, saved: Any, cfg: Any) -> None:
     """
     if not isinstance(saved, dict):
         return  # written before run configs were saved: nothing to compare
-    now = dataclasses.asdict(cfg)
+    before = _flat(saved)
     diffs = [
-        f"{k}: {_flat(saved).get(k)!r} -> {v!r}"
-        for k, v in _flat(now).items()
-        if k.split(".")[0] not in RESUME_FREE and _flat(saved).get(k) != v
+        f"{k}: {before.get(k)!r} -> {v!r}"
+        for k, v in _flat(dataclasses.asdict(cfg)).items()
+        if k.split(".")[0] not in RESUME_FREE and before.get(k) != v
     ]
     if diffs:
         shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
@@ -263,7 +263,7 @@ def train(cfg: PretrainConfig) -> Path:
         _resume(out / "last.pt", task, opt, sched, scaler, state, cfg)
         state.history = _read_metrics(out / "metrics.jsonl", state.step)
     elif info.is_main:
-        _read_metrics(out / "metrics.jsonl", 0)  # a fresh start: no rows of an earlier run in this folder
+        reset_metrics(out)
     if info.is_main:
         save_resolved(cfg, out)
         log.info(
@@ -361,6 +361,11 @@ def _worker_init(_: int) -> None:
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+
+
+def reset_metrics(out: Path) -> None:
+    """A fresh start in ``out``: drop an earlier run's ``metrics.jsonl`` so its rows never mix with the new ones."""
+    (out / "metrics.jsonl").unlink(missing_ok=True)
 
 
 def _read_metrics(path: Path, upto: int) -> list[dict[str, float]]:
