@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -74,6 +75,10 @@ class FusionConfig:
     num_layers: int = 6  # M, fused layers at the top of each encoder
     norm_eps: float = 1e-6  # eps of the fusion stream's own final LayerNorm
     separate_cls: bool = True  # fused video stream starts from its own CLS token (official); False shares it
+    # Initial value of every gate. The paper starts them at 0; the CPU presets start them open (0.5), since from
+    # 0 neither a gate nor its cross-attention gets a useful gradient (each is scaled by the other) and short
+    # schedules never leave that point. Dual mode skips the cross-attention whatever the gates hold.
+    gate_init: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,7 @@ class ModelConfig:
             0 <= self.fusion.num_layers <= top,
             f"fusion.num_layers {self.fusion.num_layers} must be in [0, {top}] (the shallower encoder's depth)",
         )
+        _check(math.isfinite(self.fusion.gate_init), f"fusion.gate_init {self.fusion.gate_init} must be finite")
         _check(self.text.variant in ("roberta", "bert"), f"text.variant {self.text.variant!r}; valid: roberta, bert")
         _check(self.text.pooling in ("first", "mean"), f"text.pooling {self.text.pooling!r}; valid: first, mean")
         _check(

@@ -1,10 +1,10 @@
 """``egovlp eval``: zero-shot EgoMCQ and retrieval, and the fine-tuned tasks against their baselines.
 
-    egovlp eval egomcq --checkpoint runs/teacher/teacher.pt --data data/synth
-    egovlp eval --task qa --checkpoint runs/qa/finetuned.pt --data data/synth [--shuffle-frames]
-    egovlp eval --task retrieval --checkpoint runs/retrieval/finetuned.pt --data data/synth [--baseline PT]
-    egovlp eval --task nlq --checkpoint runs/nlq/finetuned.pt --data data/synth [--annotations nlq_val.json]
-    egovlp eval --task zeroshot --checkpoint runs/teacher/teacher.pt --data data/synth [--classes verb]
+egovlp eval egomcq --checkpoint runs/teacher/teacher.pt --data data/synth
+egovlp eval --task qa --checkpoint runs/qa/finetuned.pt --data data/synth [--shuffle-frames]
+egovlp eval --task retrieval --checkpoint runs/retrieval/finetuned.pt --data data/synth [--baseline PT]
+egovlp eval --task nlq --checkpoint runs/nlq/finetuned.pt --data data/synth [--annotations nlq_val.json]
+egovlp eval --task zeroshot --checkpoint runs/teacher/teacher.pt --data data/synth [--classes verb]
 """
 
 from __future__ import annotations
@@ -57,7 +57,12 @@ def _egomcq_main(argv: list[str]) -> int:
     mcq.add_argument("--checkpoint", required=True)
     mcq.add_argument("--data", required=True, help="dataset root (egomcq.json, egoclip.csv, videos/)")
     mcq.add_argument("--tokenizer", help="tokenizer.json (default: beside the checkpoint)")
-    mcq.add_argument("--shuffle-frames", action=argparse.BooleanOptionalAction, default=False)
+    mcq.add_argument(
+        "--shuffle-frames",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also score each question with its clips' frames shuffled and print the paired drop",
+    )
     mcq.add_argument("--split", default="test", help="split for retrieval recall")
     mcq.add_argument("--limit", type=int, help="evaluate only the first N questions")
     mcq.add_argument("--json", help="also write the results to this file")
@@ -71,15 +76,32 @@ def _egomcq_main(argv: list[str]) -> int:
         print(f"order pairs: skipped ({exc})")
         order = None
     print(f"EgoMCQ ({res.counts['inter']} inter, {res.counts['intra']} intra questions; chance 20%)")
-    print(f"{'scoring':10s} {'inter':>7s} {'intra':>7s}")
-    for scoring, acc in res.accuracy.items():
-        print(f"{scoring:10s} {acc['inter']:7.1f} {acc['intra']:7.1f}")
+    if res.shuffled is None:
+        print(f"{'scoring':10s} {'inter':>7s} {'intra':>7s}")
+        for scoring, acc in res.accuracy.items():
+            print(f"{scoring:10s} {acc['inter']:7.1f} {acc['intra']:7.1f}")
+    else:
+        print("the same questions with each clip's frames shuffled; drop = in order - shuffled, +- its paired 95% "
+              "interval (a drop larger than the interval is significant)")  # fmt: skip
+        print(
+            f"{'scoring':10s} {'inter':>7s} {'shuffled':>8s} {'drop':>13s} {'intra':>7s} {'shuffled':>8s} {'drop':>13s}"
+        )
+        for scoring, acc in res.accuracy.items():
+            cells = []
+            for k in ("inter", "intra"):
+                d, half = res.drop[scoring][k]
+                cells.append(f"{acc[k]:7.1f} {res.shuffled[scoring][k]:8.1f} {d:6.1f} +- {half:4.1f}")
+            print(f"{scoring:10s} " + " ".join(cells))
     print("text-to-video " + "  ".join(f"{k} {v:.1f}" for k, v in recall.items()) + f" ({args.split} split)")
     if order is not None:
         print(f"order pairs ({order.clips} {args.split} clips, verb vs its reverse, dual; chance 50%): "
               f"frames in order {order.in_order:.1f}, reversed {order.reversed:.1f}")  # fmt: skip
     if args.json:
-        payload = {"egomcq": res.accuracy, "counts": res.counts, "retrieval": recall, "shuffled": args.shuffle_frames}
+        payload = {"egomcq": res.accuracy, "counts": res.counts, "retrieval": recall}
+        if res.shuffled is not None:
+            payload["shuffled"] = res.shuffled
+            payload["shuffle_drop"] = {s: {k: {"drop": d, "ci95": h} for k, (d, h) in v.items()}
+                                       for s, v in res.drop.items()}  # fmt: skip
         if order is not None:
             payload["order_pairs"] = {"clips": order.clips, "in_order": order.in_order, "reversed": order.reversed}
         Path(args.json).write_text(json.dumps(payload, indent=2))

@@ -31,10 +31,29 @@ SCORINGS = ("dual", "fusion", "ensemble")
 
 @dataclass(frozen=True)
 class MCQResult:
-    """EgoMCQ accuracy (percent) per scoring and question type, with the question counts."""
+    """EgoMCQ accuracy (percent) per scoring and question type, with the question counts.
+
+    With the shuffled-frames control, ``shuffled`` holds the accuracy of the same questions with each clip's
+    frames shuffled and ``drop`` the paired drop (in order minus shuffled) with its 95% half-width, in points.
+    """
 
     accuracy: dict[str, dict[str, float]]  # scoring -> {"inter", "intra"}
     counts: dict[str, int]  # {"inter", "intra"}
+    shuffled: dict[str, dict[str, float]] | None = None
+    drop: dict[str, dict[str, tuple[float, float]]] | None = None  # scoring -> kind -> (drop, 95% half-width)
+
+
+def paired_drop(before: np.ndarray, after: np.ndarray) -> tuple[float, float]:
+    """Mean drop ``before - after`` of per-question 0/1 outcomes, in points, and its 95% half-width.
+
+    The same questions are scored both ways, so the interval comes from the per-question differences
+    (normal approximation, ``1.96 * sd / sqrt(n)``): a drop is significant when it exceeds the half-width.
+    """
+    d = np.asarray(before, dtype=np.float64) - np.asarray(after, dtype=np.float64)
+    if d.size == 0:
+        return 0.0, 0.0
+    half = 1.96 * d.std(ddof=1) / np.sqrt(d.size) if d.size > 1 else 0.0
+    return 100.0 * float(d.mean()), 100.0 * float(half)
 
 
 def _shuffle_frames(video: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -74,7 +93,8 @@ def evaluate_egomcq(
         model: The model (put in eval mode here).
         tokenizer: Its tokenizer.
         data: Dataset root (``egomcq.json``, ``videos/``, ``meta.json``).
-        shuffle_frames: Shuffle each clip's frames (the temporal-order control).
+        shuffle_frames: Also score every question with each clip's frames shuffled (the temporal-order control)
+            and report the paired drop.
         limit: Evaluate only the first ``limit`` questions.
         seed: Seed of the frame shuffles.
     """
@@ -86,18 +106,32 @@ def evaluate_egomcq(
     ds = EgoMCQDataset(root / "egomcq.json", root / "videos", v.num_frames, v.img_size)
     n = len(ds) if limit is None else min(limit, len(ds))
     gen = torch.Generator().manual_seed(seed)
-    hits = {s: {"inter": 0, "intra": 0} for s in SCORINGS}
-    counts = {"inter": 0, "intra": 0}
+    orders = ("in_order", "shuffled") if shuffle_frames else ("in_order",)
+    correct: dict[str, dict[str, list[bool]]] = {o: {s: [] for s in SCORINGS} for o in orders}
+    kinds: list[str] = []
     subset = torch.utils.data.Subset(ds, range(n))
     loader = DataLoader(subset, batch_size=None, num_workers=1, prefetch_factor=4)  # decode while the model runs
     for item in progress(loader, total=n, desc="EgoMCQ", leave=False):
-        videos = _shuffle_frames(item["video"], gen) if shuffle_frames else item["video"]
-        kind = "inter" if item["types"] == 1 else "intra"
-        counts[kind] += 1
-        for scoring, scores in mcq_scores(model, tokenizer, item["text"], videos).items():
-            hits[scoring][kind] += int(np.argmax(scores) == item["answer"])
-    acc = {s: {k: 100.0 * hits[s][k] / max(counts[k], 1) for k in counts} for s in SCORINGS}
-    return MCQResult(acc, counts)
+        kinds.append("inter" if item["types"] == 1 else "intra")
+        for order in orders:
+            videos = _shuffle_frames(item["video"], gen) if order == "shuffled" else item["video"]
+            for scoring, scores in mcq_scores(model, tokenizer, item["text"], videos).items():
+                correct[order][scoring].append(bool(np.argmax(scores) == item["answer"]))
+    kind_arr = np.array(kinds)
+    counts = {k: int((kind_arr == k).sum()) for k in ("inter", "intra")}
+
+    def outcomes(order: str, scoring: str, kind: str) -> np.ndarray:
+        return np.array(correct[order][scoring], dtype=bool)[kind_arr == kind]
+
+    def accuracy(order: str) -> dict[str, dict[str, float]]:
+        return {s: {k: 100.0 * float(outcomes(order, s, k).mean()) if counts[k] else 0.0 for k in counts}
+                for s in SCORINGS}  # fmt: skip
+
+    if not shuffle_frames:
+        return MCQResult(accuracy("in_order"), counts)
+    drop = {s: {k: paired_drop(outcomes("in_order", s, k), outcomes("shuffled", s, k)) for k in counts}
+            for s in SCORINGS}  # fmt: skip
+    return MCQResult(accuracy("in_order"), counts, accuracy("shuffled"), drop)
 
 
 @torch.no_grad()

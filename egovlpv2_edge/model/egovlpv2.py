@@ -73,6 +73,9 @@ class EgoVLPv2(nn.Module):
         self.grad_checkpointing = False
         self.apply(init_weights)
         self.video.init_weights()
+        with torch.no_grad():
+            for gate in self.gates():
+                gate.fill_(cfg.fusion.gate_init)
 
     @property
     def temperature(self) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from egovlpv2_edge.training.evaluate import _shuffle_frames, retrieval_ranks
+from egovlpv2_edge.training.evaluate import _shuffle_frames, paired_drop, retrieval_ranks
 
 
 def test_retrieval_ranks_by_hand() -> None:
@@ -22,3 +22,17 @@ def test_shuffled_frames_are_a_real_permutation() -> None:
     assert sorted(out[0, :, 0, 0, 0].tolist()) == [0, 1, 2, 3]
     assert out[0, :, 0, 0, 0].tolist() != [0, 1, 2, 3]
     assert torch.equal(out[0], out[4])  # every candidate gets the same permutation
+
+
+def test_paired_drop_by_hand() -> None:
+    before = [1, 1, 1, 0, 1, 0, 1, 1]
+    after = [1, 0, 0, 0, 1, 1, 0, 1]
+    # differences 0 1 1 0 0 -1 1 0: mean 2/8 = 25 points; sample sd sqrt((4*(0.75^2 ... ) -> computed below
+    d = [0, 1, 1, 0, 0, -1, 1, 0]
+    mean = sum(d) / 8
+    sd = (sum((x - mean) ** 2 for x in d) / 7) ** 0.5
+    drop, half = paired_drop(before, after)
+    assert drop == pytest.approx(25.0)
+    assert half == pytest.approx(100 * 1.96 * sd / 8**0.5)
+    assert paired_drop([1, 0, 1], [1, 0, 1]) == (0.0, 0.0)  # identical outcomes: no drop, no spread
+    assert paired_drop([], []) == (0.0, 0.0)

@@ -114,8 +114,23 @@ def test_zeroshot_and_egomcq_evals(small_data, pretrained, capsys) -> None:
     assert eval_main(["--task", "zeroshot", "--checkpoint", str(pretrained), "--data", str(small_data),
                       "--classes", "verb"]) == 0  # fmt: skip
     # the existing EgoMCQ command keeps working
-    assert eval_main(["egomcq", "--checkpoint", str(pretrained), "--data", str(small_data), "--limit", "2"]) == 0
+    assert eval_main(["egomcq", "--checkpoint", str(pretrained), "--data", str(small_data), "--limit", "4"]) == 0
     assert "EgoMCQ" in capsys.readouterr().out
+
+
+def test_egomcq_shuffled_control_is_paired_with_the_in_order_run(small_data, pretrained, tmp_path, capsys) -> None:
+    plain, both = tmp_path / "plain.json", tmp_path / "both.json"
+    base = ["egomcq", "--checkpoint", str(pretrained), "--data", str(small_data), "--limit", "4", "--json"]
+    assert eval_main([*base, str(plain)]) == 0
+    assert eval_main([*base, str(both), "--shuffle-frames"]) == 0
+    assert "paired 95% interval" in capsys.readouterr().out
+    p, b = json.loads(plain.read_text()), json.loads(both.read_text())
+    assert b["egomcq"] == p["egomcq"]  # the in-order column is the plain run
+    assert "shuffled" not in p and set(b["shuffled"]) == {"dual", "fusion", "ensemble"}
+    for scoring, kinds in b["shuffle_drop"].items():
+        for kind, d in kinds.items():
+            assert d["drop"] == pytest.approx(b["egomcq"][scoring][kind] - b["shuffled"][scoring][kind])
+            assert d["ci95"] >= 0
 
 
 def test_finetune_cli_errors_are_clear(small_data, tmp_path, capsys) -> None:
