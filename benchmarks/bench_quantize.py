@@ -83,16 +83,64 @@ def main(argv: list[str] | None = None) -> int:
                 pkg, args.data, root / "q", methods=args.methods, graphs=args.graphs, threads=args.threads,
                 max_clips=args.max_clips, keep="selected", progress=lambda g: print(f"... {g}", file=sys.stderr),
             )  # fmt: skip
+            shares = _op_shares(pkg, args)
     print(f"preset {args.preset} ({'random init' if args.checkpoint is None else args.checkpoint}); "
           f"{report.measured_on}; calibration {report.calibration} ({args.max_clips} clips, 1/4 held out)")  # fmt: skip
     print(table(report))
     for name, c in report.choices.items():
         print(f"{name}: {c.selected} ({c.reason})")
+    print()
+    print(_shares_table(shares))
     print(f"total {time.perf_counter() - start:.0f} s", file=sys.stderr)
     if args.json:
         data = {n: [r.to_dict() for r in c.candidates] for n, c in report.choices.items()}
         args.json.write_text(json.dumps({"measured_on": report.measured_on, "graphs": data}, indent=2) + "\n")
     return 0
+
+
+BATCHES = (1, 8)
+
+
+def _op_shares(pkg: object, args: argparse.Namespace) -> dict[tuple[str, int], object]:
+    """FP32 kernel time per operator type of every graph, on the same decoded inputs as the quantization."""
+    from egovlpv2_edge.compress._measure import op_time_shares
+    from egovlpv2_edge.compress.calibration import graph_samples, load_calibration, stack
+    from egovlpv2_edge.graphs import GRAPH_NAMES
+    from egovlpv2_edge.package import open_package
+
+    src = open_package(pkg)
+    fp32 = {g: src.graph_path(g, "fp32") for g in GRAPH_NAMES}
+    data = load_calibration(args.data, src.preprocessing, src.tokenizer(), max_clips=max(BATCHES))
+    samples = graph_samples(data, fp32, src.specs, threads=args.threads)
+    return {(g, b): op_time_shares(fp32[g], stack(samples[g], b), threads=args.threads)
+            for g in GRAPH_NAMES for b in BATCHES}  # fmt: skip
+
+
+def _shares_table(shares: dict[tuple[str, int], object]) -> str:
+    """Per graph and batch: the share of FP32 kernel time in matrix products and convolutions."""
+    lines = [
+        "FP32 kernel time per graph (ONNX Runtime profiler) and its share in matrix products and convolutions, the",
+        "ops INT8 replaces; video encoder = video_lower + video_upper",
+        f"{'graph':14s} {'batch':>5s} {'kernel ms':>9s} {'GEMM share':>10s}  largest other ops",
+    ]
+    for b in BATCHES:
+        for (g, batch), r in shares.items():
+            if batch != b:
+                continue
+            others = ", ".join(f"{k} {v:.0%}" for k, v in list(r.shares.items())[:7] if k not in _gemm_ops())
+            lines.append(f"{g:14s} {b:5d} {r.kernel_ms:9.3f} {r.gemm_share:10.0%}  {others}")
+        lo, up = shares.get(("video_lower", b)), shares.get(("video_upper", b))
+        if lo is not None and up is not None:
+            total = lo.kernel_ms + up.kernel_ms
+            gemm = lo.kernel_ms * lo.gemm_share + up.kernel_ms * up.gemm_share
+            lines.append(f"{'video encoder':14s} {b:5d} {total:9.3f} {gemm / total:10.0%}")
+    return "\n".join(lines)
+
+
+def _gemm_ops() -> frozenset[str]:
+    from egovlpv2_edge.compress._measure import GEMM_OPS
+
+    return GEMM_OPS
 
 
 if __name__ == "__main__":

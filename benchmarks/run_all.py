@@ -46,7 +46,9 @@ NOTES = {
     "quantize": "Each variant is timed beside FP32 in the same process (batch 1 and 8) and its drift measured on "
     "held-out clips and texts; `egovlp compress quantize` keeps a variant only when it is faster by the margin and "
     "within the drift bound, and the package records why for each graph. Without VNNI, NNCF's QDQ INT8 runs slower "
-    "than FP32; ORT's dynamic INT8 pays on the larger matmuls.",
+    "than FP32; ORT's dynamic INT8 pays on the larger matmuls. The second table is where FP32 spends its kernel "
+    "time: INT8 replaces only the matrix products (ORT's dynamic INT8 kernels also take in their bias adds); "
+    "transposes, reshapes, adds, normalisations and softmax stay float, which caps what INT8 can give a small graph.",
     "runtime": "Streaming decodes, samples and encodes as fast as it can (the share of the video's duration is the "
     "real-time cost). Search scores fp16-stored vectors from a float32 copy made once per committed row. `ask` runs "
     "the text lower layers once for all (question, choice) pairs and the fused graph once over all pairs; "

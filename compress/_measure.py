@@ -63,6 +63,9 @@ def _session(path: Path, threads: int) -> object:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    # As the runtime runs them: without spinning, the idle threads of the variant timed just before do not keep
+    # the cores busy while the next one is timed (interleaved rounds would otherwise charge it for them).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -120,6 +123,67 @@ def measure_latency(
         for name in sessions:
             out[name][key] = float(np.median(times[name]))
     return out
+
+
+GEMM_OPS = frozenset({"MatMul", "FusedMatMul", "Gemm", "Conv", "FusedConv", "MatMulInteger", "ConvInteger",
+                      "QLinearMatMul", "QLinearConv", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "Attention",
+                      "MultiHeadAttention"})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class OpTimeShares:
+    """Where a graph spends its kernel time (ONNX Runtime profiler) (what lower precision can speed up).
+
+    Attributes:
+        shares: Operator type -> fraction of the summed kernel time, largest first.
+        gemm_share: Fraction in matrix products and convolutions (:data:`GEMM_OPS`), what lower precision speeds up.
+        runs: Profiled runs.
+        kernel_ms: Summed kernel time per run (milliseconds; below the wall time, which adds scheduling).
+    """
+
+    shares: dict[str, float]
+    gemm_share: float
+    runs: int
+    kernel_ms: float
+
+
+def op_time_shares(path: Path, feed: Feeds, threads: int = 2, runs: int = 30) -> OpTimeShares:
+    """Profile ``runs`` runs of one graph on ``feed`` and split the kernel time by operator type.
+
+    Raises:
+        ValueError: If the profile holds no node timings (``runs`` < 1).
+    """
+    import json
+    import tempfile
+
+    import onnxruntime as ort
+
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    with tempfile.TemporaryDirectory(prefix="ort-profile-") as tmp:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as timed and as the runtime runs
+        opts.enable_profiling = True
+        opts.profile_file_prefix = os.path.join(tmp, "profile")
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        for _ in range(runs + 1):  # the first run (allocations, thread start-up) is left out below
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    run_starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    after = run_starts[1] if len(run_starts) > 1 else 0
+    totals: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e.get("ts", 0) >= after:
+            op = e.get("args", {}).get("op_name", "?")
+            totals[op] = totals.get(op, 0.0) + float(e.get("dur", 0))
+    total = sum(totals.values())
+    if total <= 0:
+        raise ValueError(f"the profile of {path} holds no node timings")
+    shares = {k: v / total for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+    gemm = sum(v for k, v in shares.items() if k in GEMM_OPS)
+    return OpTimeShares(shares, gemm, runs, total / runs / 1000.0)
 
 
 def run_outputs(path: Path, spec: GraphSpec, samples: Sequence[Feeds], threads: int = 2) -> list[list[np.ndarray]]:

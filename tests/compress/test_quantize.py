@@ -246,3 +246,32 @@ def test_quantized_package_keeps_the_qa_head(tmp_path: Path) -> None:
         feeds = {t.name: np.zeros(t.concrete(2), np.float32 if t.dtype == "float32" else np.int64) for t in spec.inputs}
         feeds["attention_mask"][:, :3] = 1
         assert session.run(["qa_logits"], feeds)[0].shape == (2, len(answers))
+
+
+def test_op_time_shares_split_a_real_profile(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from egovlpv2_edge.compress._measure import GEMM_OPS, op_time_shares
+
+    rng = np.random.default_rng(0)
+    w = helper.make_tensor(
+        "w", TensorProto.FLOAT, [256, 256], rng.standard_normal((256, 256)).astype(np.float32).ravel()
+    )
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Sigmoid", ["h"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 256])],
+        initializer=[w],
+    )
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    res = op_time_shares(path, {"x": rng.standard_normal((64, 256)).astype(np.float32)}, threads=1, runs=5)
+    assert res.runs == 5 and sum(res.shares.values()) == pytest.approx(1.0)
+    assert "Sigmoid" in res.shares and GEMM_OPS & set(res.shares)
+    assert res.gemm_share == pytest.approx(sum(v for k, v in res.shares.items() if k in GEMM_OPS))
+    assert 0 < res.gemm_share < 1 and res.kernel_ms > 0
+    assert list(res.shares.values()) == sorted(res.shares.values(), reverse=True)
+    with pytest.raises(ValueError, match="runs must be >= 1"):
+        op_time_shares(path, {"x": np.zeros((64, 256), np.float32)}, runs=0)
