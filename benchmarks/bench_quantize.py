@@ -118,6 +118,8 @@ def _op_shares(pkg: object, args: argparse.Namespace) -> dict[tuple[str, int], o
 
 def _shares_table(shares: dict[tuple[str, int], object]) -> str:
     """Per graph and batch: the share of FP32 kernel time in matrix products and convolutions."""
+    from egovlpv2_edge.compress._measure import GEMM_OPS
+
     lines = [
         "FP32 kernel time per graph (ONNX Runtime profiler) and its share in matrix products and convolutions, the",
         "ops INT8 replaces; video encoder = video_lower + video_upper",
@@ -127,7 +129,7 @@ def _shares_table(shares: dict[tuple[str, int], object]) -> str:
         for (g, batch), r in shares.items():
             if batch != b:
                 continue
-            others = ", ".join(f"{k} {v:.0%}" for k, v in list(r.shares.items())[:7] if k not in _gemm_ops())
+            others = ", ".join(f"{k} {v:.0%}" for k, v in list(r.shares.items())[:7] if k not in GEMM_OPS)
             lines.append(f"{g:14s} {b:5d} {r.kernel_ms:9.3f} {r.gemm_share:10.0%}  {others}")
         lo, up = shares.get(("video_lower", b)), shares.get(("video_upper", b))
         if lo is not None and up is not None:
@@ -135,12 +137,6 @@ def _shares_table(shares: dict[tuple[str, int], object]) -> str:
             gemm = lo.kernel_ms * lo.gemm_share + up.kernel_ms * up.gemm_share
             lines.append(f"{'video encoder':14s} {b:5d} {total:9.3f} {gemm / total:10.0%}")
     return "\n".join(lines)
-
-
-def _gemm_ops() -> frozenset[str]:
-    from egovlpv2_edge.compress._measure import GEMM_OPS
-
-    return GEMM_OPS
 
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ GEMM_OPS = frozenset({"MatMul", "FusedMatMul", "Gemm", "Conv", "FusedConv", "Mat
 
 @dataclass(frozen=True)
 class OpTimeShares:
-    """Where a graph spends its kernel time (ONNX Runtime profiler) (what lower precision can speed up).
+    """Where a graph spends its kernel time, by operator type (ONNX Runtime profiler).
 
     Attributes:
         shares: Operator type -> fraction of the summed kernel time, largest first.
