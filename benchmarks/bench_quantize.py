@@ -119,6 +119,7 @@ def _op_shares(pkg: object, args: argparse.Namespace) -> dict[tuple[str, int], o
 def _shares_table(shares: dict[tuple[str, int], object]) -> str:
     """Per graph and batch: the share of FP32 kernel time in matrix products and convolutions."""
     from egovlpv2_edge.compress._measure import GEMM_OPS
+    from egovlpv2_edge.graphs import GRAPH_NAMES
 
     lines = [
         "FP32 kernel time per graph (ONNX Runtime profiler) and its share in matrix products and convolutions, the",
@@ -126,16 +127,14 @@ def _shares_table(shares: dict[tuple[str, int], object]) -> str:
         f"{'graph':14s} {'batch':>5s} {'kernel ms':>9s} {'GEMM share':>10s}  largest other ops",
     ]
     for b in BATCHES:
-        for (g, batch), r in shares.items():
-            if batch != b:
-                continue
+        for g in GRAPH_NAMES:
+            r = shares[(g, b)]
             others = ", ".join(f"{k} {v:.0%}" for k, v in list(r.shares.items())[:7] if k not in GEMM_OPS)
             lines.append(f"{g:14s} {b:5d} {r.kernel_ms:9.3f} {r.gemm_share:10.0%}  {others}")
-        lo, up = shares.get(("video_lower", b)), shares.get(("video_upper", b))
-        if lo is not None and up is not None:
-            total = lo.kernel_ms + up.kernel_ms
-            gemm = lo.kernel_ms * lo.gemm_share + up.kernel_ms * up.gemm_share
-            lines.append(f"{'video encoder':14s} {b:5d} {total:9.3f} {gemm / total:10.0%}")
+        lo, up = shares[("video_lower", b)], shares[("video_upper", b)]
+        total = lo.kernel_ms + up.kernel_ms
+        gemm = lo.kernel_ms * lo.gemm_share + up.kernel_ms * up.gemm_share
+        lines.append(f"{'video encoder':14s} {b:5d} {total:9.3f} {gemm / total:10.0%}")
     return "\n".join(lines)
 
 

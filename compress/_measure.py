@@ -57,7 +57,7 @@ def machine_description(threads: int) -> str:
     return f"onnxruntime {ort.__version__} CPUExecutionProvider, {threads} thread(s), {cpu} ({os.cpu_count()} cores)"
 
 
-def _session(path: Path, threads: int) -> object:
+def _session(path: Path, threads: int, profile_prefix: str | None = None) -> object:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -66,6 +66,9 @@ def _session(path: Path, threads: int) -> object:
     # As the runtime runs them: without spinning, the idle threads of the variant timed just before do not keep
     # the cores busy while the next one is timed (interleaved rounds would otherwise charge it for them).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -156,18 +159,10 @@ def op_time_shares(path: Path, feed: Feeds, threads: int = 2, runs: int = 30) ->
     import json
     import tempfile
 
-    import onnxruntime as ort
-
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
     with tempfile.TemporaryDirectory(prefix="ort-profile-") as tmp:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as timed and as the runtime runs
-        opts.enable_profiling = True
-        opts.profile_file_prefix = os.path.join(tmp, "profile")
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        session = _session(path, threads, profile_prefix=os.path.join(tmp, "profile"))  # as timed
         for _ in range(runs + 1):  # the first run (allocations, thread start-up) is left out below
             session.run(None, feed)
         events = json.loads(Path(session.end_profiling()).read_text())

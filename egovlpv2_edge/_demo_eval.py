@@ -18,6 +18,7 @@ models that read the same input.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -123,6 +124,7 @@ def clip_latency(encoder: Any, frames: np.ndarray, repeats: int = 15) -> dict[st
     return out
 
 
+@functools.lru_cache(maxsize=4)  # the FP32 and the quantized student share one configuration
 def _model_counts(cfg: Any) -> dict[str, float]:
     """Parameters (millions) and GMACs of one dual-mode clip encoding of the packaged model's configuration."""
     from egovlpv2_edge.model import EgoVLPv2
