@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {c.selected} ({c.reason})")
     print()
     print(_shares_table(shares))
+    print()
+    print(_ceiling_table(shares, args.threads))
     print(f"total {time.perf_counter() - start:.0f} s", file=sys.stderr)
     if args.json:
         data = {n: [r.to_dict() for r in c.candidates] for n, c in report.choices.items()}
@@ -136,6 +139,53 @@ def _shares_table(shares: dict[tuple[str, int], object]) -> str:
         gemm = lo.kernel_ms * lo.gemm_share + up.kernel_ms * up.gemm_share
         lines.append(f"{'video encoder':14s} {b:5d} {total:9.3f} {gemm / total:10.0%}")
     return "\n".join(lines)
+
+
+PEAK_SHAPE = (2048, 2048, 2048)
+
+
+def _ceiling_table(shares: dict[tuple[str, int], object], threads: int) -> str:
+    """INT8's ceiling for the video encoder: its own linear layers timed alone in FP32 and dynamic INT8, and the
+    whole-encoder speedup those allow given the share of its time they hold (Amdahl)."""
+    from egovlpv2_edge.compress._measure import amdahl_speedup, int8_gemm_timings
+
+    per_batch: dict[int, dict[tuple[int, int, int], float]] = {}
+    for b in BATCHES:
+        counts: dict[tuple[int, int, int], float] = {}
+        for g in ("video_lower", "video_upper"):
+            for shape, n in shares[(g, b)].weight_gemms.items():
+                counts[shape] = counts.get(shape, 0.0) + n
+        per_batch[b] = counts
+    shapes = [PEAK_SHAPE] + sorted({s for c in per_batch.values() for s in c})
+    timing = {t.shape: t for t in int8_gemm_timings(shapes, threads)}
+    lines = [
+        "INT8 ceiling: each linear layer (product by a weight + bias) alone, FP32 beside ORT dynamic INT8 (uint8 x",
+        "int8, activations quantized at run time), same session settings; the video encoder's layers are those of",
+        "video_lower + video_upper",
+        f"{'layer M x K x N':22s} {'per run':>7s} {'fp32 ms':>9s} {'int8 ms':>9s} {'speedup':>8s}",
+    ]
+    peak = timing[PEAK_SHAPE]
+    gflops = 2 * math.prod(PEAK_SHAPE) / peak.fp32_ms / 1e6
+    name = "x".join(map(str, PEAK_SHAPE)) + " (peak)"
+    lines.append(f"{name:22s} {'-':>7s} {peak.fp32_ms:9.3f} {peak.int8_ms:9.3f} {peak.speedup:7.2f}x  "
+                 f"({gflops:.0f} GFLOP/s fp32, {gflops * peak.speedup:.0f} GOP/s int8)")  # fmt: skip
+    summary = []
+    for b in BATCHES:
+        fp32 = int8 = 0.0
+        for shape, n in sorted(per_batch[b].items()):
+            t = timing[shape]
+            fp32, int8 = fp32 + n * t.fp32_ms, int8 + n * t.int8_ms
+            name = "x".join(map(str, shape))
+            lines.append(f"{name:22s} {n:7.0f} {t.fp32_ms:9.4f} {t.int8_ms:9.4f} {t.speedup:7.2f}x")
+        lo, up = shares[("video_lower", b)], shares[("video_upper", b)]
+        share = (lo.kernel_ms * lo.linear_share + up.kernel_ms * up.linear_share) / (lo.kernel_ms + up.kernel_ms)
+        g = fp32 / int8 if int8 else float("nan")
+        summary.append(
+            f"video encoder, batch {b}: linear layers {share:.0%} of FP32 kernel time, {g:.2f}x faster in INT8 "
+            f"(time-weighted) -> about {amdahl_speedup(share, g):.2f}x for the encoder; at most "
+            f"{amdahl_speedup(share, float('inf')):.2f}x even if they took no time"
+        )
+    return "\n".join(lines + summary)
 
 
 if __name__ == "__main__":

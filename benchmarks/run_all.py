@@ -48,7 +48,11 @@ NOTES = {
     "within the drift bound, and the package records why for each graph. Without VNNI, NNCF's QDQ INT8 runs slower "
     "than FP32; ORT's dynamic INT8 pays on the larger matmuls. The second table is where FP32 spends its kernel "
     "time: INT8 replaces only the matrix products (ORT's dynamic INT8 kernels also take in their bias adds); "
-    "transposes, reshapes, adds, normalisations and softmax stay float, which caps what INT8 can give a small graph.",
+    "transposes, reshapes, adds, normalisations and softmax stay float, which caps what INT8 can give a small graph. "
+    "The third table measures that cap: the video encoder's own linear layers (product + bias), each alone in FP32 "
+    "and in dynamic INT8, and the largest 2048^3 product for reference; with the linear layers' share of the FP32 "
+    "kernel time, Amdahl's law gives what INT8 can make of the whole encoder, and what it could even if those layers "
+    "took no time at all.",
     "runtime": "Streaming decodes, samples and encodes as fast as it can (the share of the video's duration is the "
     "real-time cost). Search scores fp16-stored vectors from a float32 copy made once per committed row. `ask` runs "
     "the text lower layers once for all (question, choice) pairs and the fused graph once over all pairs; "

@@ -11,7 +11,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -142,12 +142,39 @@ class OpTimeShares:
         gemm_share: Fraction in matrix products and convolutions (:data:`GEMM_OPS`), what lower precision speeds up.
         runs: Profiled runs.
         kernel_ms: Summed kernel time per run (milliseconds; below the wall time, which adds scheduling).
+        linear_share: Fraction in the linear layers, products by a constant weight and their bias adds: what
+            dynamic INT8 replaces (a fused quantized product that also adds the bias).
+        weight_gemms: ``(M, K, N)`` of each product by a constant weight -> how many such products one run computes.
     """
 
     shares: dict[str, float]
     gemm_share: float
     runs: int
     kernel_ms: float
+    linear_share: float = 0.0
+    weight_gemms: dict[tuple[int, int, int], float] = field(default_factory=dict)
+
+
+def _is_bias_add(op: str, args: Mapping[str, object]) -> bool:
+    """An ``Add`` of a 1-D tensor along the last axis: the bias of a linear layer."""
+    inputs = args.get("input_type_shape")
+    if op != "Add" or not isinstance(inputs, list) or len(inputs) != 2:
+        return False
+    a, b = (next(iter(x.values())) for x in inputs)
+    return len(b) == 1 and len(a) >= 2 and b[0] == a[-1]
+
+
+def _weight_gemm(op: str, args: Mapping[str, object]) -> tuple[int, int, int] | None:
+    """``(M, K, N)`` of a profiled matrix product by a constant weight (the profiler lists activations only)."""
+    if op not in ("MatMul", "FusedMatMul", "Gemm"):
+        return None
+    inputs, outputs = args.get("input_type_shape"), args.get("output_type_shape")
+    if not isinstance(inputs, list) or not isinstance(outputs, list) or len(inputs) != 1 or len(outputs) != 1:
+        return None
+    a, y = next(iter(inputs[0].values())), next(iter(outputs[0].values()))
+    if len(a) < 2 or not y:
+        return None
+    return int(np.prod(a[:-1])), int(a[-1]), int(y[-1])
 
 
 def op_time_shares(path: Path, feed: Feeds, threads: int = 2, runs: int = 30) -> OpTimeShares:
@@ -169,16 +196,79 @@ def op_time_shares(path: Path, feed: Feeds, threads: int = 2, runs: int = 30) ->
     run_starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
     after = run_starts[1] if len(run_starts) > 1 else 0
     totals: dict[str, float] = {}
+    gemms: dict[tuple[int, int, int], float] = {}
+    linear = 0.0
     for e in events:
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e.get("ts", 0) >= after:
-            op = e.get("args", {}).get("op_name", "?")
-            totals[op] = totals.get(op, 0.0) + float(e.get("dur", 0))
+            args = e.get("args", {})
+            op, dur = args.get("op_name", "?"), float(e.get("dur", 0))
+            totals[op] = totals.get(op, 0.0) + dur
+            if (shape := _weight_gemm(op, args)) is not None:
+                gemms[shape] = gemms.get(shape, 0.0) + 1.0 / runs
+                linear += dur
+            elif _is_bias_add(op, args):
+                linear += dur
     total = sum(totals.values())
     if total <= 0:
         raise ValueError(f"the profile of {path} holds no node timings")
     shares = {k: v / total for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
     gemm = sum(v for k, v in shares.items() if k in GEMM_OPS)
-    return OpTimeShares(shares, gemm, runs, total / runs / 1000.0)
+    return OpTimeShares(shares, gemm, runs, total / runs / 1000.0, linear / total, gemms)
+
+
+@dataclass(frozen=True)
+class GemmTiming:
+    """One linear layer, ``(M, K) x (K, N)`` by a constant weight plus a bias, timed in FP32 and ORT dynamic INT8."""
+
+    shape: tuple[int, int, int]
+    fp32_ms: float
+    int8_ms: float
+
+    @property
+    def speedup(self) -> float:
+        return self.fp32_ms / self.int8_ms
+
+
+def int8_gemm_timings(shapes: Sequence[tuple[int, int, int]], threads: int = 2, rounds: int = 7) -> list[GemmTiming]:
+    """Time each linear layer alone (product + bias add), FP32 beside its ORT dynamic INT8 form (as
+    ``ort_dynamic_mm`` quantizes a graph: int8 weights, uint8 activations quantized at run time, the bias added by the
+    fused quantized product), in sessions built as the runtime's. What INT8 can give a graph's linear layers on this
+    CPU; every other operator stays float.
+    """
+    import tempfile
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from egovlpv2_edge.compress.quantize import _ort_dynamic
+
+    rng = np.random.default_rng(0)
+    out = []
+    with tempfile.TemporaryDirectory(prefix="gemm-") as tmp:
+        for m, k, n in shapes:
+            w = rng.standard_normal((k, n)).astype(np.float32) / np.sqrt(k)
+            bias = rng.standard_normal(n).astype(np.float32)
+            graph = helper.make_graph(
+                [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])], "linear",
+                [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+                initializer=[helper.make_tensor("w", TensorProto.FLOAT, [k, n], w.ravel()),
+                             helper.make_tensor("b", TensorProto.FLOAT, [n], bias)],
+            )  # fmt: skip
+            fp32, int8 = Path(tmp) / f"{m}_{k}_{n}.onnx", Path(tmp) / f"{m}_{k}_{n}.int8.onnx"
+            onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), fp32)
+            _ort_dynamic(fp32, int8, [], per_channel=False, matmul_only=True)
+            feed = {"x": rng.standard_normal((m, k)).astype(np.float32)}
+            ms = measure_latency({"fp32": fp32, "int8": int8}, {"b": feed}, threads=threads, rounds=rounds)
+            out.append(GemmTiming((m, k, n), ms["fp32"]["b"], ms["int8"]["b"]))
+    return out
+
+
+def amdahl_speedup(gemm_share: float, gemm_speedup: float) -> float:
+    """Whole-graph speedup when only the share ``gemm_share`` of its time gets ``gemm_speedup`` times faster."""
+    if not 0.0 <= gemm_share <= 1.0 or gemm_speedup <= 0:
+        raise ValueError(f"gemm_share must be in [0, 1] and gemm_speedup > 0, got {gemm_share}, {gemm_speedup}")
+    return 1.0 / ((1.0 - gemm_share) + gemm_share / gemm_speedup)
 
 
 def run_outputs(path: Path, spec: GraphSpec, samples: Sequence[Feeds], threads: int = 2) -> list[list[np.ndarray]]:

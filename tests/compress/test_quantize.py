@@ -273,5 +273,34 @@ def test_op_time_shares_split_a_real_profile(tmp_path: Path) -> None:
     assert res.gemm_share == pytest.approx(sum(v for k, v in res.shares.items() if k in GEMM_OPS))
     assert 0 < res.gemm_share < 1 and res.kernel_ms > 0
     assert list(res.shares.values()) == sorted(res.shares.values(), reverse=True)
+    assert res.weight_gemms == {(64, 256, 256): pytest.approx(1.0)}  # one product by a weight per run
+    assert 0 < res.linear_share <= res.gemm_share  # no bias add here: the linear layer is the product alone
     with pytest.raises(ValueError, match="runs must be >= 1"):
         op_time_shares(path, {"x": np.zeros((64, 256), np.float32)}, runs=0)
+
+
+def test_amdahl_speedup_hand_cases() -> None:
+    from egovlpv2_edge.compress._measure import amdahl_speedup
+
+    assert amdahl_speedup(0.5, 2.0) == pytest.approx(1 / 0.75)  # half the time twice as fast
+    assert amdahl_speedup(0.36, float("inf")) == pytest.approx(1 / 0.64)
+    assert amdahl_speedup(0.0, 10.0) == 1.0 and amdahl_speedup(1.0, 3.0) == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="gemm_share"):
+        amdahl_speedup(1.5, 2.0)
+
+
+def test_bias_add_is_part_of_a_linear_layer() -> None:
+    from egovlpv2_edge.compress._measure import _is_bias_add
+
+    args = {"input_type_shape": [{"float": [1, 65, 192]}, {"float": [192]}]}
+    assert _is_bias_add("Add", args)
+    assert not _is_bias_add("Add", {"input_type_shape": [{"float": [1, 65, 64]}, {"float": [1, 65, 64]}]})  # residual
+    assert not _is_bias_add("Mul", args)
+
+
+def test_int8_gemm_timings_time_both_forms() -> None:
+    from egovlpv2_edge.compress._measure import int8_gemm_timings
+
+    (t,) = int8_gemm_timings([(16, 32, 8)], threads=1, rounds=2)
+    assert t.shape == (16, 32, 8) and t.fp32_ms > 0 and t.int8_ms > 0
+    assert t.speedup == pytest.approx(t.fp32_ms / t.int8_ms)
