@@ -43,7 +43,7 @@ class Demo:
     video_lr_mult: float = 5.0  # the video encoder starts from scratch: 5x the (pretrained) text encoder's rate
     batch_size: int = 16  # pre-training and distillation clips per step (before scene negatives)
     qa_steps: int = 50  # QA fine-tuning steps
-    qa_batch_size: int = 8
+    qa_batch_size: int = 16
     distill_steps: int = 200  # distillation steps
     # share of them with the dual terms alone (EgoNCE, affinity, embeddings) before the fused terms and the QA
     # head's join: the student's video encoder starts from scratch and learns from the dual terms, 3x cheaper

@@ -46,12 +46,16 @@ def stage_teacher(demo: Any) -> None:
 
 
 def stage_qa(demo: Any) -> None:
-    """Fine-tune the teacher for QA (fused answer head + multiple-choice VTM): ``egovlp train finetune --task qa``."""
+    """Fine-tune the teacher for QA (fused answer head + multiple-choice VTM): ``egovlp train finetune --task qa``.
+
+    Only the cross-modal parameters train (``qa.train=fusion``): the dual encoders the student learns retrieval from
+    stay as pre-trained, and each clip's lower layers run once instead of once per step.
+    """
     from egovlpv2_edge.training.cli import main as train_main
 
     overrides = [
         f"data={demo.path('data')}", f"out={demo.path('qa')}", f"batch_size={demo.qa_batch_size}",
-        f"max_steps={demo.qa_steps}", f"seed={demo.seed}", "num_workers=1", "log_every=10",
+        f"max_steps={demo.qa_steps}", f"seed={demo.seed}", "num_workers=1", "log_every=10", "qa.train=fusion",
     ]  # fmt: skip
     init = str(demo.path("teacher") / "teacher.pt")
     _check(train_main(["finetune", "--task", "qa", "--init", init, *overrides]), "egovlp train finetune")

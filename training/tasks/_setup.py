@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from egovlpv2_edge.model import EgoVLPv2
 from egovlpv2_edge.tokenizer import Tokenizer
 from egovlpv2_edge.training.distributed import DistInfo
 from egovlpv2_edge.training.tasks.finetune import FinetuneConfig, TaskSetup
+
+log = logging.getLogger(__name__)
 
 
 def ensure_task_files(root: Path, name: str) -> Path:
@@ -43,14 +46,20 @@ def _tokens(tok: Tokenizer, texts: list[str], length: int, device: torch.device)
 def _qa(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, info: DistInfo) -> TaskSetup:
     device = info.device
     from egovlpv2_edge.training.data.qa import QADataset, collate_qa, read_qa
-    from egovlpv2_edge.training.tasks.qa import QATask, qa_text_length
+    from egovlpv2_edge.training.tasks.qa import QATask, qa_text_length, train_cross_modal_only
 
     root = Path(cfg.data)
     qa = read_qa(ensure_task_files(root, "qa.json"))
     v = model.cfg.video
-    data = QADataset(qa, root / "videos", "train", v.num_frames, v.img_size, "train", read_meta(root), cfg.seed)
     task = QATask(model, qa.answer_set, cfg.qa.mode, cfg.qa.dropout, cfg.qa.mc_weight).to(device)
     length = qa_text_length(model, cfg.qa.text_length)
+    if cfg.qa.train == "fusion":
+        n = train_cross_modal_only(model)
+        log.info("qa.train=fusion: %d trainable backbone parameters (cross-modal); the dual encoders stay frozen", n)
+        clips = QADataset(qa, root / "videos", "train", v.num_frames, v.img_size, "eval", read_meta(root))
+        data: Dataset = _FeatureSet(fused_layer_tokens(model, clips, info, cfg.num_workers))
+    else:
+        data = QADataset(qa, root / "videos", "train", v.num_frames, v.img_size, "train", read_meta(root), cfg.seed)
 
     def step(run: nn.Module, batch: dict[str, Any], i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         ids, mask = _tokens(tok, batch["question"], length, device)
@@ -65,9 +74,10 @@ def _qa(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, info: DistInfo) ->
                 right.append(f"{q} {ch[a]}" if ch else q)
                 wrong.append(f"{q} {others[int(rng.integers(len(others)))]}")
             mc_ids, mc_mask = _tokens(tok, right + wrong, length, device)
-        return run(batch["video"].to(device), ids, mask, batch["answer"].to(device), mc_ids, mc_mask)
+        video = batch["video"].to(device).float()  # clips, or float16 fused-layer tokens (qa.train=fusion)
+        return run(video, ids, mask, batch["answer"].to(device), mc_ids, mc_mask)
 
-    params = {"text_length": length, "types": sorted({q.type for q in qa.items})}
+    params = {"text_length": length, "types": sorted({q.type for q in qa.items}), "train": cfg.qa.train}
     return TaskSetup(task, data, collate_qa, step, {"answers": list(qa.answer_set)}, params, task.head, cfg.qa.mode)
 
 
@@ -90,8 +100,42 @@ def _retrieval(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, info: DistI
     return TaskSetup(task, data, collate, step, {}, {"margin": cfg.retrieval.margin}, None, "dual")
 
 
+def fused_layer_tokens(model: EgoVLPv2, clips: Dataset, info: DistInfo, workers: int = 1) -> list[dict[str, Any]]:
+    """Each item of ``clips`` with its ``video`` replaced by the tokens entering the fused layers (fusion stream,
+    frozen lower layers, float16 to halve the memory), computed once. Under ``torchrun`` each process computes
+    every ``world``-th item and all of them end up with the whole list, in order."""
+    from torch.utils.data import DataLoader, Subset
+
+    from egovlpv2_edge.progress import progress
+
+    mine = list(range(info.rank, len(clips), info.world_size))
+    loader = DataLoader(Subset(clips, mine), batch_size=16, num_workers=workers, collate_fn=list)
+    was_training, out = model.training, []
+    model.eval()
+    bar = progress(total=len(mine), desc="QA clip tokens (once)", disable=not info.is_main, leave=False)
+    with torch.no_grad():
+        for items in loader:
+            frames = torch.stack([it["video"] for it in items]).to(info.device)
+            tokens = model.video_lower(frames, "fusion").to("cpu", torch.float16)
+            out += [{**it, "video": t} for it, t in zip(items, tokens, strict=True)]
+            bar.update(len(items))
+    bar.close()
+    model.train(was_training)
+    ordered = list(zip(mine, out, strict=True))
+    if info.world_size > 1:
+        parts: list[list] = [[] for _ in range(info.world_size)]
+        torch.distributed.all_gather_object(parts, ordered)
+        ordered = sorted((x for part in parts for x in part), key=lambda x: x[0])
+    if info.is_main:
+        mb = sum(it["video"].numel() * 2 for _, it in ordered) / 2**20
+        log.info("QA clip tokens: %d items, %.0f MiB", len(ordered), mb)
+    return [it for _, it in ordered]
+
+
 class _FeatureSet(Dataset):
-    """Cached per-query NLQ features (frozen backbone)."""
+    """Items computed once (cached NLQ query features; QA clip tokens): the loop reads them without workers."""
+
+    cached = True
 
     def __init__(self, items: list) -> None:
         self.items = items

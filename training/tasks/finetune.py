@@ -8,7 +8,8 @@ in ``metrics.jsonl`` with a PNG of the curves, and the resolved config saved wit
 checkpoint (``<out>/finetuned.pt``) carries the task head and its vocabularies (see ``tasks/checkpoint.py``).
 
 * ``qa``: end to end, fusion (or ``qa.mode=dual`` for the unfused baseline), CE over the answer set plus the
-  multiple-choice VTM loss;
+  multiple-choice VTM loss; ``qa.train=fusion`` trains only the cross-modal parameters and the head on clip tokens
+  computed once (several times faster per step, and the dual encoders stay as pre-trained);
 * ``retrieval``: end to end, dual, multi-instance max-margin ranking with verb/noun relevancy;
 * ``nlq``: frozen backbone, fusion features per window computed once (each process computes its share of the
   videos, then every process holds all of them), only the span head trains.
@@ -50,6 +51,20 @@ class QAConfig:
     """QA fine-tuning (reference: EgoTaskQA, question length 30, head dropout 0.2)."""
 
     mode: str = "fusion"  # fusion (the paper) | dual (the unfused baseline: same head on [video; text])
+    # all: end to end (the paper) | fusion: only the cross-modal parameters (cross-attention, gates, fusion norm,
+    # fusion heads) and the answer head train; the dual encoders stay exactly as pre-trained (cached retrieval
+    # embeddings stay valid) and each clip's tokens entering the fused layers are computed once, then reused
+    train: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("fusion", "dual"):
+            raise ValueError(f"qa.mode={self.mode!r}; valid: fusion, dual")
+        if self.train not in ("all", "fusion"):
+            raise ValueError(f"qa.train={self.train!r}; valid: all (end to end), fusion (cross-modal parameters only)")
+        if self.train == "fusion" and self.mode != "fusion":
+            raise ValueError("qa.train=fusion trains the cross-modal parameters, which qa.mode=dual never runs; "
+                             "use qa.train=all with qa.mode=dual")  # fmt: skip
+
     mc_weight: float = 1.0  # weight of the multiple-choice VTM loss (right vs one wrong choice); 0 = off
     dropout: float = 0.2  # head dropout
     text_length: int = 30  # question tokens (capped by the text encoder's positions)
@@ -224,7 +239,7 @@ def _loop(cfg: FinetuneConfig, setup: TaskSetup, run: nn.Module, opt: Any, sched
         sampler.set_epoch(epoch, step % spe)
         if hasattr(setup.data, "set_epoch"):
             setup.data.set_epoch(epoch)
-        workers = cfg.num_workers if cfg.task != "nlq" else 0  # NLQ items are cached tensors
+        workers = 0 if getattr(setup.data, "cached", False) else cfg.num_workers  # tensors computed once
         loader = DataLoader(setup.data, batch_sampler=sampler, collate_fn=setup.collate, num_workers=workers)
         for batch in loader:
             with _autocast(cfg.amp, device):

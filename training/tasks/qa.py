@@ -18,11 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from egovlpv2_edge.model import EgoVLPv2
+from egovlpv2_edge.model import EgoVLPv2, FusionOutput
 from egovlpv2_edge.tokenizer import Tokenizer
+from egovlpv2_edge.training.optim import CROSS_MARK
 from egovlpv2_edge.training.tasks.heads import QAHead
 
-__all__ = ["QATask", "choice_texts", "dual_features", "qa_text_length"]
+__all__ = ["QATask", "choice_texts", "dual_features", "qa_text_length", "train_cross_modal_only"]
 
 Mode = Literal["fusion", "dual"]
 
@@ -67,11 +68,22 @@ class QATask(nn.Module):
         width = model.cfg.video.width + (model.cfg.text.width if mode == "dual" else 0)
         self.head = QAHead(width, len(self.answer_set), dropout)
 
+    def fused(self, video: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> FusionOutput:
+        """The fused pass over clips ``(B, F, 3, H, W)``, or over the tokens entering the fused layers
+        ``(B, T, Dv)`` when those were computed once (``qa.train=fusion``)."""
+        if video.ndim == 5:
+            return self.model.forward_fusion(video, ids, mask)
+        if video.ndim != 3:
+            shape = tuple(video.shape)
+            raise ValueError(f"video must be clips (B, F, 3, H, W) or fused-layer tokens (B, T, D), got {shape}")
+        t = self.model.text_lower(ids, mask)
+        return self.model.fusion_heads(*self.model.fuse_upper(video, t, mask))
+
     def features(self, video: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Head inputs ``(B, D)``: the fused video CLS, or the dual concatenation."""
         if self.mode == "dual":
             return dual_features(self.model, video, ids, mask)
-        return self.model.forward_fusion(video, ids, mask).video_cls  # (B, Dv), fusion-normed
+        return self.fused(video, ids, mask).video_cls  # (B, Dv), fusion-normed
 
     def logits(self, video: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Answer logits ``(B, A)``."""
@@ -89,7 +101,7 @@ class QATask(nn.Module):
         """Loss of one batch.
 
         Args:
-            video: Clips ``(B, F, 3, H, W)``.
+            video: Clips ``(B, F, 3, H, W)``, or the tokens entering the fused layers ``(B, T, Dv)``.
             ids: Question ids ``(B, L)``.
             mask: Question mask ``(B, L)``.
             answer: Answer indices ``(B,)``.
@@ -106,7 +118,7 @@ class QATask(nn.Module):
         loss = qa
         if self.mode == "fusion" and self.mc_weight > 0 and mc_ids is not None and mc_mask is not None:
             B = video.shape[0]
-            vtm = self.model.forward_fusion(torch.cat([video, video]), mc_ids, mc_mask).vtm_logits  # (2B, 2)
+            vtm = self.fused(torch.cat([video, video]), mc_ids, mc_mask).vtm_logits  # (2B, 2)
             labels = torch.cat([torch.ones(B), torch.zeros(B)]).long().to(video.device)
             mc = F.cross_entropy(vtm, labels)
             loss = loss + self.mc_weight * mc
@@ -122,3 +134,18 @@ class QATask(nn.Module):
         ids, mask = torch.from_numpy(tok.input_ids), torch.from_numpy(tok.attention_mask)
         clips = video.unsqueeze(0).expand(len(choices), *video.shape)
         return torch.softmax(self.model.forward_fusion(clips, ids, mask).vtm_logits, dim=-1)[:, 1]
+
+
+CROSS_MODAL_PREFIXES = ("fusion_norm.", "heads.")
+
+
+def train_cross_modal_only(model: EgoVLPv2) -> int:
+    """Freeze everything but the cross-modal parameters: every cross-attention branch (gates included), the fusion
+    norm and the fusion heads. Dual mode never runs them, so the dual encoders stay exactly as they were. The
+    fusion CLS token stays frozen too: it enters at the bottom of the video encoder, so the tokens entering the
+    fused layers can be computed once. Returns the number of trainable parameters."""
+    n = 0
+    for name, p in model.named_parameters():
+        p.requires_grad_(CROSS_MARK in name or name.startswith(CROSS_MODAL_PREFIXES))
+        n += p.numel() if p.requires_grad else 0
+    return n

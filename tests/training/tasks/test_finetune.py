@@ -84,6 +84,23 @@ def test_qa_finetune_run_outputs_and_checkpoint_vocab(small_data, pretrained, tm
     assert 0 <= table["model (fusion head)"]["all"] <= 100
 
 
+def test_qa_train_fusion_keeps_the_dual_encoders(small_data, pretrained, tmp_path, capsys) -> None:
+    from egovlpv2_edge.training.tasks.qa import CROSS_MODAL_PREFIXES
+
+    ckpt = _finetune("qa", small_data, tmp_path / "qa", pretrained, "max_steps=3", "qa.train=fusion")
+    before = torch.load(pretrained, weights_only=True)["model"]
+    after = torch.load(ckpt, weights_only=True)
+    cross = [k for k in before if ".cross." in k or k.startswith(CROSS_MODAL_PREFIXES)]
+    assert cross and all(torch.equal(before[k], after["model"][k]) for k in before if k not in cross)  # dual intact
+    assert any(not torch.equal(before[k], after["model"][k]) for k in cross if before[k].is_floating_point())
+    assert after["task"]["params"]["train"] == "fusion"
+    assert "QA clip tokens" in capsys.readouterr().err  # computed once, before the steps
+    for extra, msg in ((["qa.train=lower"], "qa.train='lower'; valid: all"),
+                       (["qa.train=fusion", "qa.mode=dual"], "which qa.mode=dual never runs")):  # fmt: skip
+        args = ["finetune", "--task", "qa", "--init", str(pretrained), f"data={small_data}", *COMMON, *extra]
+        assert train_main(args) == 2 and msg in capsys.readouterr().err
+
+
 def test_retrieval_finetune_and_eval_against_zero_shot(small_data, pretrained, tmp_path, capsys) -> None:
     ckpt = _finetune("retrieval", small_data, tmp_path / "ret", pretrained, "max_steps=2")
     assert load_finetuned(ckpt).task == "retrieval"
@@ -198,6 +215,7 @@ def test_order_pairs_score_direction_by_hand(small_data, pretrained) -> None:
     "task, extra",
     [
         ("qa", ["qa.dropout=0.0"]),
+        ("qa", ["qa.dropout=0.0", "qa.train=fusion"]),  # clip tokens computed once, shared between the processes
         ("retrieval", []),
         ("nlq", ["nlq.dropout=0.0", "nlq.max_queries=16"]),
     ],
