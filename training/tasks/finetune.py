@@ -55,6 +55,9 @@ class QAConfig:
     # fusion heads) and the answer head train; the dual encoders stay exactly as pre-trained (cached retrieval
     # embeddings stay valid) and each clip's tokens entering the fused layers are computed once, then reused
     train: str = "all"
+    mc_weight: float = 1.0  # weight of the multiple-choice VTM loss (right vs one wrong choice); 0 = off
+    dropout: float = 0.2  # head dropout
+    text_length: int = 30  # question tokens (capped by the text encoder's positions)
 
     def __post_init__(self) -> None:
         if self.mode not in ("fusion", "dual"):
@@ -64,10 +67,6 @@ class QAConfig:
         if self.train == "fusion" and self.mode != "fusion":
             raise ValueError("qa.train=fusion trains the cross-modal parameters, which qa.mode=dual never runs; "
                              "use qa.train=all with qa.mode=dual")  # fmt: skip
-
-    mc_weight: float = 1.0  # weight of the multiple-choice VTM loss (right vs one wrong choice); 0 = off
-    dropout: float = 0.2  # head dropout
-    text_length: int = 30  # question tokens (capped by the text encoder's positions)
 
 
 @dataclass(frozen=True)
