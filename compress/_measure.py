@@ -250,15 +250,15 @@ def int8_gemm_timings(shapes: Sequence[tuple[int, int, int]], threads: int = 2, 
             bias = rng.standard_normal(n).astype(np.float32)
             graph = helper.make_graph(
                 [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])], "linear",
-                [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
-                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+                [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, m, k])],  # 3-D, as in the graphs
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, m, n])],
                 initializer=[helper.make_tensor("w", TensorProto.FLOAT, [k, n], w.ravel()),
                              helper.make_tensor("b", TensorProto.FLOAT, [n], bias)],
             )  # fmt: skip
             fp32, int8 = Path(tmp) / f"{m}_{k}_{n}.onnx", Path(tmp) / f"{m}_{k}_{n}.int8.onnx"
             onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), fp32)
             _ort_dynamic(fp32, int8, [], per_channel=False, matmul_only=True)
-            feed = {"x": rng.standard_normal((m, k)).astype(np.float32)}
+            feed = {"x": rng.standard_normal((1, m, k)).astype(np.float32)}
             ms = measure_latency({"fp32": fp32, "int8": int8}, {"b": feed}, threads=threads, rounds=rounds)
             out.append(GemmTiming((m, k, n), ms["fp32"]["b"], ms["int8"]["b"]))
     return out
