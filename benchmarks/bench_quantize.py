@@ -134,11 +134,16 @@ def _shares_table(shares: dict[tuple[str, int], object]) -> str:
             r = shares[(g, b)]
             others = ", ".join(f"{k} {v:.0%}" for k, v in list(r.shares.items())[:7] if k not in GEMM_OPS)
             lines.append(f"{g:14s} {b:5d} {r.kernel_ms:9.3f} {r.gemm_share:10.0%}  {others}")
-        lo, up = shares[("video_lower", b)], shares[("video_upper", b)]
-        total = lo.kernel_ms + up.kernel_ms
-        gemm = lo.kernel_ms * lo.gemm_share + up.kernel_ms * up.gemm_share
-        lines.append(f"{'video encoder':14s} {b:5d} {total:9.3f} {gemm / total:10.0%}")
+        total = shares[("video_lower", b)].kernel_ms + shares[("video_upper", b)].kernel_ms
+        lines.append(f"{'video encoder':14s} {b:5d} {total:9.3f} {_encoder_share(shares, b, 'gemm_share'):10.0%}")
     return "\n".join(lines)
+
+
+def _encoder_share(shares: dict[tuple[str, int], object], batch: int, attr: str) -> float:
+    """A share (``gemm_share``, ``linear_share``) of the video encoder's kernel time: its two graphs' shares
+    weighted by their kernel times."""
+    parts = [shares[(g, batch)] for g in ("video_lower", "video_upper")]
+    return sum(p.kernel_ms * getattr(p, attr) for p in parts) / sum(p.kernel_ms for p in parts)
 
 
 PEAK_SHAPE = (2048, 2048, 2048)
@@ -177,8 +182,7 @@ def _ceiling_table(shares: dict[tuple[str, int], object], threads: int) -> str:
             fp32, int8 = fp32 + n * t.fp32_ms, int8 + n * t.int8_ms
             name = "x".join(map(str, shape))
             lines.append(f"{name:22s} {n:7.0f} {t.fp32_ms:9.4f} {t.int8_ms:9.4f} {t.speedup:7.2f}x")
-        lo, up = shares[("video_lower", b)], shares[("video_upper", b)]
-        share = (lo.kernel_ms * lo.linear_share + up.kernel_ms * up.linear_share) / (lo.kernel_ms + up.kernel_ms)
+        share = _encoder_share(shares, b, "linear_share")
         g = fp32 / int8 if int8 else float("nan")
         summary.append(
             f"video encoder, batch {b}: linear layers {share:.0%} of FP32 kernel time, {g:.2f}x faster in INT8 "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -92,6 +93,18 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts)
+
+
+def all_gather_indexed(mine: list[tuple[int, Any]], world: int) -> list[Any]:
+    """Every process's ``(index, item)`` pairs (any picklable items), merged and sorted by index: each of ``world``
+    processes computes a share of a list and all of them end up with the whole list, in the order one process
+    makes (``world`` 1: this process's own pairs, sorted)."""
+    pairs = mine
+    if world > 1:
+        parts: list[list] = [[] for _ in range(world)]
+        dist.all_gather_object(parts, mine)
+        pairs = [x for part in parts for x in part]
+    return [item for _, item in sorted(pairs, key=lambda x: x[0])]
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:

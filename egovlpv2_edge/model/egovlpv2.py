@@ -200,9 +200,15 @@ class EgoVLPv2(nn.Module):
             attention_mask: Text padding mask.
             mlm: Also compute the MLM logits over every text position.
         """
-        v = self.video_lower(frames, "fusion")
+        return self.forward_fusion_tokens(self.video_lower(frames, "fusion"), input_ids, attention_mask, mlm)
+
+    def forward_fusion_tokens(
+        self, video_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, mlm: bool = False
+    ) -> FusionOutput:
+        """:meth:`forward_fusion` from the video tokens entering the fused layers ``(B, T, Dv)`` (the fusion
+        stream's :meth:`video_lower`, e.g. computed once for clips seen many times)."""
         t = self.text_lower(input_ids, attention_mask)
-        v, t = self.fuse_upper(v, t, attention_mask)
+        v, t = self.fuse_upper(video_tokens, t, attention_mask)
         return self.fusion_heads(v, t, mlm=mlm)
 
     def forward(

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from egovlpv2_edge.model import EgoVLPv2
 from egovlpv2_edge.tokenizer import Tokenizer
-from egovlpv2_edge.training.distributed import DistInfo
+from egovlpv2_edge.training.distributed import DistInfo, all_gather_indexed
 from egovlpv2_edge.training.tasks.finetune import FinetuneConfig, TaskSetup
 
 log = logging.getLogger(__name__)
@@ -121,15 +121,11 @@ def fused_layer_tokens(model: EgoVLPv2, clips: Dataset, info: DistInfo, workers:
             bar.update(len(items))
     bar.close()
     model.train(was_training)
-    ordered = list(zip(mine, out, strict=True))
-    if info.world_size > 1:
-        parts: list[list] = [[] for _ in range(info.world_size)]
-        torch.distributed.all_gather_object(parts, ordered)
-        ordered = sorted((x for part in parts for x in part), key=lambda x: x[0])
+    items = all_gather_indexed(list(zip(mine, out, strict=True)), info.world_size)
     if info.is_main:
-        mb = sum(it["video"].numel() * 2 for _, it in ordered) / 2**20
-        log.info("QA clip tokens: %d items, %.0f MiB", len(ordered), mb)
-    return [it for _, it in ordered]
+        mb = sum(it["video"].numel() * 2 for it in items) / 2**20
+        log.info("QA clip tokens: %d items, %.0f MiB", len(items), mb)
+    return items
 
 
 class _FeatureSet(Dataset):

@@ -24,6 +24,7 @@ from egovlpv2_edge.preprocess import eval_transform
 from egovlpv2_edge.tokenizer import Tokenizer
 from egovlpv2_edge.training.data.nlq import NLQClip, window_starts
 from egovlpv2_edge.training.data.video import ChunkedVideoStore, sample_times
+from egovlpv2_edge.training.distributed import all_gather_indexed
 from egovlpv2_edge.training.tasks.metrics import span_iou
 
 __all__ = ["QueryFeatures", "decode_spans", "extract_features", "query_features", "query_lower", "query_text",
@@ -129,11 +130,7 @@ def extract_features(model: EgoVLPv2, tokenizer: Tokenizer, store: ChunkedVideoS
         sim = cached[2] @ emb  # (N,)
         out.append((i, QueryFeatures(feats.cpu(), (q.start, q.end), clip.duration, q.query, clip.clip_uid,
                                      states.cpu(), mask[0].bool().cpu(), sim.cpu())))  # fmt: skip
-    if world > 1:
-        parts: list[list] = [[] for _ in range(world)]
-        torch.distributed.all_gather_object(parts, out)
-        out = sorted((x for part in parts for x in part), key=lambda x: x[0])
-    return [f for _, f in out]
+    return all_gather_indexed(out, world)
 
 
 def span_targets(gt: tuple[float, float], n: int, window_s: float) -> tuple[int, int]:

@@ -76,8 +76,7 @@ class QATask(nn.Module):
         if video.ndim != 3:
             shape = tuple(video.shape)
             raise ValueError(f"video must be clips (B, F, 3, H, W) or fused-layer tokens (B, T, D), got {shape}")
-        t = self.model.text_lower(ids, mask)
-        return self.model.fusion_heads(*self.model.fuse_upper(video, t, mask))
+        return self.model.forward_fusion_tokens(video, ids, mask)
 
     def features(self, video: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Head inputs ``(B, D)``: the fused video CLS, or the dual concatenation."""
