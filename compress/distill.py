@@ -645,7 +645,11 @@ def build_student(cfg: DistillConfig, teacher: EgoVLPv2) -> tuple[EgoVLPv2, dict
 
 def build_optimizer_for(task: DistillTask, cfg: OptimConfig) -> torch.optim.AdamW:
     """AdamW over the student's reference groups plus the projections and task heads at the head rate."""
-    groups = param_groups(task.student, cfg.lr, cfg.head_lr_mult, cfg.weight_decay, cfg.video_lr_mult, cfg.gate_lr_mult)
+    if cfg.text_lr_mult == 0 and not task.text_frozen:
+        raise DistillError("optim.text_lr_mult=0 would leave the text tower training at rate 0: use freeze_text=true")
+    groups = param_groups(
+        task.student, cfg.lr, cfg.head_lr_mult, cfg.weight_decay, cfg.video_lr_mult, cfg.gate_lr_mult, cfg.text_lr_mult
+    )
     aux = param_groups(
         nn.ModuleDict({"proj": task.proj, "heads": task.heads}), cfg.lr, cfg.head_lr_mult, cfg.weight_decay
     )

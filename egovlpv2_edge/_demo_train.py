@@ -40,7 +40,7 @@ def stage_teacher(demo: Any) -> None:
         f"data={demo.path('data')}", f"out={demo.path('teacher')}", f"preset={demo.preset}", f"seed={demo.seed}",
         f"batch_size={demo.batch_size}", f"max_steps={demo.steps}", "num_workers=1", "log_every=10", "ckpt_every=50",
         f"loss.fusion_start={demo.fusion_start}", f"optim.video_lr_mult={demo.video_lr_mult}",
-        f"loss.reverse_weight={demo.reverse_weight}",
+        f"loss.reverse_weight={demo.reverse_weight}", f"optim.text_lr_mult={demo.text_lr_mult}",
     ]  # fmt: skip
     _check(train_main(["pretrain", *overrides]), "egovlp train pretrain")
 

@@ -24,14 +24,16 @@ def param_groups(
     weight_decay: float,
     video_lr_mult: float = 1.0,
     gate_lr_mult: float = 1.0,
+    text_lr_mult: float = 1.0,
 ) -> list[dict[str, Any]]:
     """Groups by role (video backbone, text backbone, heads and cross-modal) and decay; empty groups dropped.
 
     ``video_lr_mult`` scales the video backbone's rate (a backbone trained from scratch, rather than from
     ImageNet weights as in the paper, wants a larger one). ``gate_lr_mult`` scales the gates beyond the head rate:
-    they start at 0, and the cross-attention they multiply gets no gradient until they move.
+    they start at 0, and the cross-attention they multiply gets no gradient until they move. ``text_lr_mult``
+    scales the text backbone's rate (0 after :func:`lock_text_backbone`, whose frozen parameters are skipped).
     """
-    mult = {"video": video_lr_mult, "text": 1.0, "head": head_lr_mult, "gate": head_lr_mult * gate_lr_mult}
+    mult = {"video": video_lr_mult, "text": text_lr_mult, "head": head_lr_mult, "gate": head_lr_mult * gate_lr_mult}
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -54,9 +56,32 @@ def param_groups(
     ]
 
 
+def is_text_backbone(name: str) -> bool:
+    """A text-encoder parameter outside every cross-attention branch (what dual mode's text side runs)."""
+    return name.startswith("text.") and CROSS_MARK not in name
+
+
+def lock_text_backbone(model: nn.Module) -> int:
+    """Freeze the text backbone (the pretrained text encoder stays as loaded); returns the parameters frozen.
+
+    Locked-text contrastive training: the video encoder, learned from scratch, aligns to a fixed text space,
+    and no text gradients are computed. Cross-attention branches, gates and heads keep training.
+    """
+    frozen = 0
+    for name, p in model.named_parameters():
+        if is_text_backbone(name) and p.requires_grad:
+            p.requires_grad_(False)
+            frozen += p.numel()
+    return frozen
+
+
 def build_optimizer(model: nn.Module, cfg: Any) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` with the run's betas and eps."""
-    groups = param_groups(model, cfg.lr, cfg.head_lr_mult, cfg.weight_decay, cfg.video_lr_mult, cfg.gate_lr_mult)
+    """AdamW over :func:`param_groups` with the run's betas and eps (``text_lr_mult=0`` locks the text backbone)."""
+    if cfg.text_lr_mult == 0:
+        lock_text_backbone(model)
+    groups = param_groups(
+        model, cfg.lr, cfg.head_lr_mult, cfg.weight_decay, cfg.video_lr_mult, cfg.gate_lr_mult, cfg.text_lr_mult
+    )
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 

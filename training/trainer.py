@@ -26,7 +26,7 @@ from egovlpv2_edge.runconfig import save_resolved
 from egovlpv2_edge.training.curves import plot_curves
 from egovlpv2_edge.training.data.dataset import EgoClipDataset, collate
 from egovlpv2_edge.training.distributed import DistInfo, barrier, init_distributed
-from egovlpv2_edge.training.optim import build_optimizer, cosine_schedule
+from egovlpv2_edge.training.optim import build_optimizer, cosine_schedule, lock_text_backbone
 from egovlpv2_edge.training.pretrain import LossConfig, PretrainTask
 from egovlpv2_edge.training.text import load_or_train_tokenizer
 
@@ -41,6 +41,7 @@ class OptimConfig:
     head_lr_mult: float = 4.0  # multiplier for heads and cross-modal parameters (gates included)
     video_lr_mult: float = 1.0  # multiplier for the video backbone (raise it when it starts from scratch)
     gate_lr_mult: float = 1.0  # extra multiplier for the fusion gates on top of head_lr_mult
+    text_lr_mult: float = 1.0  # multiplier for the text backbone; 0 locks it (no text gradients, heads still train)
     weight_decay: float = 0.01  # on weight matrices only (no decay on biases, norms, gates, embeddings' cls/pos)
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-8
@@ -247,6 +248,8 @@ def train(cfg: PretrainConfig) -> Path:
     task = PretrainTask(
         model, tokenizer.special_ids, tokenizer.mask_id, cfg.loss, cfg.seed, fusion_from, data.directional
     )
+    if cfg.optim.text_lr_mult == 0:
+        lock_text_backbone(model)  # before DDP, which registers the parameters that train
     ddp = task
     if info.world_size > 1:
         some_unused = fusion_from > 0 or cfg.loss.mlm_weight == 0 or cfg.loss.vtm_weight == 0

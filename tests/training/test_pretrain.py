@@ -108,6 +108,25 @@ def test_dual_warmup_leaves_the_fusion_weights_alone(synth, tmp_path) -> None:
     assert gates and all(v.abs().max() == 0 for v in gates)  # never used, so never moved from 0
 
 
+def test_locked_text_backbone_stays_as_loaded_while_fusion_and_video_train(synth, tmp_path) -> None:
+    from egovlpv2_edge.training.optim import is_text_backbone
+
+    run = tmp_path / "locked"
+    args = BASE + [f"data={synth}", "batch_size=8", "max_steps=2", "optim.text_lr_mult=0", f"out={run}"]
+    assert train(resolve(PretrainConfig, None, args + ["stop_at=1"])).name == "last.pt"
+    before = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
+    train(resolve(PretrainConfig, None, args))
+    after = torch.load(run / "teacher.pt", map_location="cpu", weights_only=False)["model"]
+    text = [k for k in after if is_text_backbone(k)]
+    assert text and all(torch.equal(before["model"][k], after[k]) for k in text)
+    moved = [k for k in after if not torch.equal(before["model"][k], after[k])]
+    assert any(k.startswith("video.") for k in moved)
+    assert any(k.startswith("text.") and ".cross." in k for k in moved)  # the text side's cross-attention trains
+    assert all(not is_text_backbone(k) for k in moved)
+    names = {g["name"] for g in before["optimizer"]["param_groups"]}
+    assert not any(n.startswith("text_") for n in names)  # no optimizer state for the locked tower
+
+
 def test_shuffled_order_is_never_the_original() -> None:
     from egovlpv2_edge.training.pretrain import shuffled_order
 

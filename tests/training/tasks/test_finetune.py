@@ -111,6 +111,17 @@ def test_retrieval_finetune_and_eval_against_zero_shot(small_data, pretrained, t
     assert "mAP t2v" in text and "nDCG v2t" in text
 
 
+def test_retrieval_finetune_with_the_text_backbone_locked(small_data, pretrained, tmp_path) -> None:
+    from egovlpv2_edge.training.optim import is_text_backbone
+
+    ckpt = _finetune("retrieval", small_data, tmp_path / "ret", pretrained, "max_steps=2", "optim.text_lr_mult=0")
+    before = torch.load(pretrained, weights_only=True)["model"]
+    after = torch.load(ckpt, weights_only=True)["model"]
+    text = [k for k in before if is_text_backbone(k)]
+    assert text and all(torch.equal(before[k], after[k]) for k in text)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("video."))
+
+
 def test_nlq_finetune_trains_only_the_head_and_evaluates(small_data, pretrained, tmp_path, capsys) -> None:
     ckpt = _finetune("nlq", small_data, tmp_path / "nlq", pretrained, "max_steps=3", "nlq.hidden=16")
     before = torch.load(pretrained, weights_only=True)["model"]
