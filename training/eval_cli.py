@@ -21,6 +21,8 @@ from egovlpv2_edge.config import ModelConfig
 from egovlpv2_edge.model import EgoVLPv2
 from egovlpv2_edge.tokenizer import Tokenizer
 
+CONTROL_TEXT = {"shuffled": "shuffled", "reversed": "reversed (played backwards)"}
+
 
 def load_run(checkpoint: str | Path, tokenizer: str | Path | None = None) -> tuple[EgoVLPv2, Tokenizer]:
     """A model and its tokenizer from a training checkpoint (``tokenizer.json`` beside it by default)."""
@@ -63,12 +65,19 @@ def _egomcq_main(argv: list[str]) -> int:
         default=False,
         help="also score each question with its clips' frames shuffled and print the paired drop",
     )
+    mcq.add_argument(
+        "--reverse-frames",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also score each question with its clips played backwards and print the paired drop",
+    )
     mcq.add_argument("--split", default="test", help="split for retrieval recall")
     mcq.add_argument("--limit", type=int, help="evaluate only the first N questions")
     mcq.add_argument("--json", help="also write the results to this file")
     args = p.parse_args(argv)
     model, tok = load_run(args.checkpoint, args.tokenizer)
-    res = evaluate_egomcq(model, tok, args.data, shuffle_frames=args.shuffle_frames, limit=args.limit)
+    controls = [c for c, on in (("shuffled", args.shuffle_frames), ("reversed", args.reverse_frames)) if on]
+    res = evaluate_egomcq(model, tok, args.data, controls=controls, limit=args.limit)
     recall = evaluate_retrieval(model, tok, args.data, split=args.split)
     try:
         order = evaluate_order_pairs(model, tok, args.data, split=args.split)
@@ -76,33 +85,32 @@ def _egomcq_main(argv: list[str]) -> int:
         print(f"order pairs: skipped ({exc})")
         order = None
     print(f"EgoMCQ ({res.counts['inter']} inter, {res.counts['intra']} intra questions; chance 20%)")
-    if res.shuffled is None:
-        print(f"{'scoring':10s} {'inter':>7s} {'intra':>7s}")
-        for scoring, acc in res.accuracy.items():
-            print(f"{scoring:10s} {acc['inter']:7.1f} {acc['intra']:7.1f}")
-    else:
-        print("the same questions with each clip's frames shuffled; drop = in order - shuffled, +- its paired 95% "
-              "interval (a drop larger than the interval is significant)")  # fmt: skip
-        print(
-            f"{'scoring':10s} {'inter':>7s} {'shuffled':>8s} {'drop':>13s} {'intra':>7s} {'shuffled':>8s} {'drop':>13s}"
-        )
+    print(f"{'scoring':10s} {'inter':>7s} {'intra':>7s}")
+    for scoring, acc in res.accuracy.items():
+        print(f"{scoring:10s} {acc['inter']:7.1f} {acc['intra']:7.1f}")
+    for name, ctl in res.controls.items():
+        print(f"the same questions with each clip's frames {CONTROL_TEXT[name]}; drop = in order - {name}, +- its "
+              "paired 95% interval (a drop larger than the interval is significant)")  # fmt: skip
+        print(f"{'scoring':10s} {'inter':>7s} {name:>8s} {'drop':>13s} {'intra':>7s} {name:>8s} {'drop':>13s}")
         for scoring, acc in res.accuracy.items():
             cells = []
             for k in ("inter", "intra"):
-                d, half = res.drop[scoring][k]
-                cells.append(f"{acc[k]:7.1f} {res.shuffled[scoring][k]:8.1f} {d:6.1f} +- {half:4.1f}")
+                d, half = ctl.drop[scoring][k]
+                cells.append(f"{acc[k]:7.1f} {ctl.accuracy[scoring][k]:8.1f} {d:6.1f} +- {half:4.1f}")
             print(f"{scoring:10s} " + " ".join(cells))
     print("text-to-video " + "  ".join(f"{k} {v:.1f}" for k, v in recall.items()) + f" ({args.split} split)")
     if order is not None:
         print(f"order pairs ({order.clips} {args.split} clips, verb vs its reverse, dual; chance 50%): "
-              f"frames in order {order.in_order:.1f}, reversed {order.reversed:.1f}")  # fmt: skip
+              f"frames in order {order.in_order:.1f}, reversed {order.reversed:.1f}, "
+              f"paired drop {order.drop[0]:.1f} +- {order.drop[1]:.1f}")  # fmt: skip
     if args.json:
         payload = {"egomcq": res.accuracy, "counts": res.counts, "retrieval": recall}
-        if res.shuffled is not None:
-            payload["shuffled"] = res.shuffled
-            payload["shuffle_drop"] = {s: {k: {"drop": d, "ci95": h} for k, (d, h) in v.items()}
-                                       for s, v in res.drop.items()}  # fmt: skip
+        for name, ctl in res.controls.items():
+            payload[name] = ctl.accuracy
+            payload[f"{name}_drop"] = {s: {k: {"drop": d, "ci95": h} for k, (d, h) in v.items()}
+                                       for s, v in ctl.drop.items()}  # fmt: skip
         if order is not None:
-            payload["order_pairs"] = {"clips": order.clips, "in_order": order.in_order, "reversed": order.reversed}
+            payload["order_pairs"] = {"clips": order.clips, "in_order": order.in_order, "reversed": order.reversed,
+                                      "drop": order.drop[0], "ci95": order.drop[1]}  # fmt: skip
         Path(args.json).write_text(json.dumps(payload, indent=2))
     return 0

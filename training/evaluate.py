@@ -12,7 +12,8 @@ played backwards. A model that reads the motion's direction is above 50% in orde
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,18 +30,29 @@ log = logging.getLogger(__name__)
 SCORINGS = ("dual", "fusion", "ensemble")
 
 
+FRAME_CONTROLS = ("shuffled", "reversed")
+
+
+@dataclass(frozen=True)
+class FrameControl:
+    """The same EgoMCQ questions with each clip's frames reordered: accuracy (percent) per scoring and question
+    type, and the paired drop (in order minus reordered) with its 95% half-width, in points."""
+
+    accuracy: dict[str, dict[str, float]]  # scoring -> {"inter", "intra"}
+    drop: dict[str, dict[str, tuple[float, float]]]  # scoring -> kind -> (drop, 95% half-width)
+
+
 @dataclass(frozen=True)
 class MCQResult:
     """EgoMCQ accuracy (percent) per scoring and question type, with the question counts.
 
-    With the shuffled-frames control, ``shuffled`` holds the accuracy of the same questions with each clip's
-    frames shuffled and ``drop`` the paired drop (in order minus shuffled) with its 95% half-width, in points.
+    ``controls`` holds the temporal-order controls that were run (``shuffled``: each clip's frames in a random
+    other order; ``reversed``: played backwards), scored on the same questions.
     """
 
     accuracy: dict[str, dict[str, float]]  # scoring -> {"inter", "intra"}
     counts: dict[str, int]  # {"inter", "intra"}
-    shuffled: dict[str, dict[str, float]] | None = None
-    drop: dict[str, dict[str, tuple[float, float]]] | None = None  # scoring -> kind -> (drop, 95% half-width)
+    controls: dict[str, FrameControl] = field(default_factory=dict)
 
 
 def paired_drop(before: np.ndarray, after: np.ndarray) -> tuple[float, float]:
@@ -54,6 +66,13 @@ def paired_drop(before: np.ndarray, after: np.ndarray) -> tuple[float, float]:
         return 0.0, 0.0
     half = 1.96 * d.std(ddof=1) / np.sqrt(d.size) if d.size > 1 else 0.0
     return 100.0 * float(d.mean()), 100.0 * float(half)
+
+
+def _reorder(video: torch.Tensor, control: str, generator: torch.Generator) -> torch.Tensor:
+    """``video`` as a frame-order control presents it (``in_order`` leaves it as it is)."""
+    if control == "shuffled":
+        return _shuffle_frames(video, generator)
+    return video.flip(-4) if control == "reversed" else video
 
 
 def _shuffle_frames(video: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -83,7 +102,7 @@ def evaluate_egomcq(
     tokenizer: Tokenizer,
     data: str | Path,
     *,
-    shuffle_frames: bool = False,
+    controls: Sequence[str] = (),
     limit: int | None = None,
     seed: int = 0,
 ) -> MCQResult:
@@ -93,20 +112,26 @@ def evaluate_egomcq(
         model: The model (put in eval mode here).
         tokenizer: Its tokenizer.
         data: Dataset root (``egomcq.json``, ``videos/``, ``meta.json``).
-        shuffle_frames: Also score every question with each clip's frames shuffled (the temporal-order control)
-            and report the paired drop.
+        controls: Temporal-order controls (:data:`FRAME_CONTROLS`): also score every question with each clip's
+            frames shuffled and/or reversed, and report the paired drop.
         limit: Evaluate only the first ``limit`` questions.
         seed: Seed of the frame shuffles.
+
+    Raises:
+        ValueError: For an unknown control.
     """
     from egovlpv2_edge.progress import progress
 
+    bad = [c for c in controls if c not in FRAME_CONTROLS]
+    if bad:
+        raise ValueError(f"unknown frame control(s) {bad}; valid: {', '.join(FRAME_CONTROLS)}")
     model.eval()
     root = Path(data)
     v = model.cfg.video
     ds = EgoMCQDataset(root / "egomcq.json", root / "videos", v.num_frames, v.img_size)
     n = len(ds) if limit is None else min(limit, len(ds))
     gen = torch.Generator().manual_seed(seed)
-    orders = ("in_order", "shuffled") if shuffle_frames else ("in_order",)
+    orders = ("in_order", *dict.fromkeys(controls))
     correct: dict[str, dict[str, list[bool]]] = {o: {s: [] for s in SCORINGS} for o in orders}
     kinds: list[str] = []
     subset = torch.utils.data.Subset(ds, range(n))
@@ -114,7 +139,7 @@ def evaluate_egomcq(
     for item in progress(loader, total=n, desc="EgoMCQ", leave=False):
         kinds.append("inter" if item["types"] == 1 else "intra")
         for order in orders:
-            videos = _shuffle_frames(item["video"], gen) if order == "shuffled" else item["video"]
+            videos = _reorder(item["video"], order, gen)
             for scoring, scores in mcq_scores(model, tokenizer, item["text"], videos).items():
                 correct[order][scoring].append(bool(np.argmax(scores) == item["answer"]))
     kind_arr = np.array(kinds)
@@ -127,11 +152,12 @@ def evaluate_egomcq(
         return {s: {k: 100.0 * float(outcomes(order, s, k).mean()) if counts[k] else 0.0 for k in counts}
                 for s in SCORINGS}  # fmt: skip
 
-    if not shuffle_frames:
-        return MCQResult(accuracy("in_order"), counts)
-    drop = {s: {k: paired_drop(outcomes("in_order", s, k), outcomes("shuffled", s, k)) for k in counts}
-            for s in SCORINGS}  # fmt: skip
-    return MCQResult(accuracy("in_order"), counts, accuracy("shuffled"), drop)
+    def control(order: str) -> FrameControl:
+        drop = {s: {k: paired_drop(outcomes("in_order", s, k), outcomes(order, s, k)) for k in counts}
+                for s in SCORINGS}  # fmt: skip
+        return FrameControl(accuracy(order), drop)
+
+    return MCQResult(accuracy("in_order"), counts, {o: control(o) for o in orders[1:]})
 
 
 @torch.no_grad()
@@ -162,6 +188,7 @@ class OrderResult:
     clips: int  # clips of the split whose verb has a reverse
     in_order: float
     reversed: float
+    drop: tuple[float, float] = (0.0, 0.0)  # in order minus reversed, points, and its paired 95% half-width
 
 
 @torch.no_grad()
@@ -183,7 +210,7 @@ def evaluate_order_pairs(
     keep = [i for i, r in enumerate(ds.records) if len(r.tag_verb) == 1 and r.tag_verb[0] in reverse]
     if not keep:
         raise ValueError(f"no clip of split {split!r} has a verb with a reverse in {root / 'verbs.csv'}")
-    wins = {"in_order": 0, "reversed": 0}
+    wins: dict[str, list[bool]] = {"in_order": [], "reversed": []}
     subset = torch.utils.data.Subset(ds, keep)
     loader = DataLoader(subset, batch_size=batch_size, collate_fn=lambda b: b)
     for batch in loader:
@@ -198,9 +225,9 @@ def evaluate_order_pairs(
         frames = torch.stack([item["video"] for item in batch])
         for name, clips in (("in_order", frames), ("reversed", frames.flip(1))):
             emb = model.encode_video(clips, normalize=True)
-            wins[name] += int(((emb * t_right).sum(-1) > (emb * t_wrong).sum(-1)).sum())
-    n = len(keep)
-    return OrderResult(n, 100.0 * wins["in_order"] / n, 100.0 * wins["reversed"] / n)
+            wins[name] += ((emb * t_right).sum(-1) > (emb * t_wrong).sum(-1)).tolist()
+    right, backwards = np.array(wins["in_order"]), np.array(wins["reversed"])
+    return OrderResult(len(keep), 100.0 * right.mean(), 100.0 * backwards.mean(), paired_drop(right, backwards))
 
 
 def retrieval_ranks(sim: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from egovlpv2_edge.training.evaluate import _shuffle_frames, paired_drop, retrieval_ranks
+from egovlpv2_edge.training.evaluate import _reorder, _shuffle_frames, evaluate_egomcq, paired_drop, retrieval_ranks
 
 
 def test_retrieval_ranks_by_hand() -> None:
@@ -22,6 +22,15 @@ def test_shuffled_frames_are_a_real_permutation() -> None:
     assert sorted(out[0, :, 0, 0, 0].tolist()) == [0, 1, 2, 3]
     assert out[0, :, 0, 0, 0].tolist() != [0, 1, 2, 3]
     assert torch.equal(out[0], out[4])  # every candidate gets the same permutation
+
+
+def test_frame_controls_reorder_as_named() -> None:
+    video = torch.arange(4).float().view(1, 4, 1, 1, 1).expand(5, 4, 3, 2, 2)
+    gen = torch.Generator().manual_seed(0)
+    assert _reorder(video, "reversed", gen)[0, :, 0, 0, 0].tolist() == [3, 2, 1, 0]
+    assert torch.equal(_reorder(video, "in_order", gen), video)
+    with pytest.raises(ValueError, match="unknown frame control.*valid: shuffled, reversed"):
+        evaluate_egomcq(None, None, "nowhere", controls=["backwards"])
 
 
 def test_paired_drop_by_hand() -> None:

@@ -150,15 +150,18 @@ def test_egomcq_shuffled_control_is_paired_with_the_in_order_run(small_data, pre
     plain, both = tmp_path / "plain.json", tmp_path / "both.json"
     base = ["egomcq", "--checkpoint", str(pretrained), "--data", str(small_data), "--limit", "4", "--json"]
     assert eval_main([*base, str(plain)]) == 0
-    assert eval_main([*base, str(both), "--shuffle-frames"]) == 0
-    assert "paired 95% interval" in capsys.readouterr().out
+    assert eval_main([*base, str(both), "--shuffle-frames", "--reverse-frames"]) == 0
+    out = capsys.readouterr().out
+    assert "frames shuffled; drop" in out and "frames reversed (played backwards); drop" in out
     p, b = json.loads(plain.read_text()), json.loads(both.read_text())
     assert b["egomcq"] == p["egomcq"]  # the in-order column is the plain run
-    assert "shuffled" not in p and set(b["shuffled"]) == {"dual", "fusion", "ensemble"}
-    for scoring, kinds in b["shuffle_drop"].items():
-        for kind, d in kinds.items():
-            assert d["drop"] == pytest.approx(b["egomcq"][scoring][kind] - b["shuffled"][scoring][kind])
-            assert d["ci95"] >= 0
+    assert "shuffled" not in p and "reversed" not in p
+    for control in ("shuffled", "reversed"):
+        assert set(b[control]) == {"dual", "fusion", "ensemble"}
+        for scoring, kinds in b[f"{control}_drop"].items():
+            for kind, d in kinds.items():
+                assert d["drop"] == pytest.approx(b["egomcq"][scoring][kind] - b[control][scoring][kind])
+                assert d["ci95"] >= 0
 
 
 def test_finetune_cli_errors_are_clear(small_data, tmp_path, capsys) -> None:
@@ -217,9 +220,10 @@ def test_order_pairs_score_direction_by_hand(small_data, pretrained) -> None:
     res = evaluate_order_pairs(model, _Tok(), small_data, split="test")
     assert res.clips > 0
     assert (res.in_order, res.reversed) == (100.0, 0.0)  # reads direction: right in order, wrong played backwards
+    assert res.drop == (100.0, 0.0)  # every clip flips: the paired differences have no spread
     model.encode_video = lambda frames, normalize=True: torch.ones(len(frames), 1)  # blind to the clip
     blind = evaluate_order_pairs(model, _Tok(), small_data, split="test")
-    assert blind.in_order == blind.reversed  # a model that ignores the frames cannot tell the two apart
+    assert blind.in_order == blind.reversed and blind.drop == (0.0, 0.0)  # blind to the frames: no difference
 
 
 @pytest.mark.parametrize(
