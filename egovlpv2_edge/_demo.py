@@ -47,7 +47,7 @@ class Demo:
     batch_size: int = 16  # pre-training and distillation clips per step (before scene negatives)
     qa_steps: int = 50  # QA fine-tuning steps
     qa_batch_size: int = 16
-    distill_steps: int = 200  # distillation steps
+    distill_steps: int = 300  # distillation steps
     # share of them with the dual terms alone (EgoNCE, affinity, embeddings) before the fused terms and the QA
     # head's join: the student's video encoder starts from scratch and learns from the dual terms, 3x cheaper
     distill_fused_start: float = 0.9
