@@ -76,9 +76,8 @@ def lock_text_backbone(model: nn.Module) -> int:
 
 
 def build_optimizer(model: nn.Module, cfg: Any) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` with the run's betas and eps (``text_lr_mult=0`` locks the text backbone)."""
-    if cfg.text_lr_mult == 0:
-        lock_text_backbone(model)
+    """AdamW over :func:`param_groups` with the run's betas and eps (call :func:`lock_text_backbone` first for
+    ``text_lr_mult=0``, before any DistributedDataParallel wrap)."""
     groups = param_groups(
         model, cfg.lr, cfg.head_lr_mult, cfg.weight_decay, cfg.video_lr_mult, cfg.gate_lr_mult, cfg.text_lr_mult
     )
