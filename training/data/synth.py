@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import time
 import uuid
@@ -241,7 +242,9 @@ def _render_all(cfg: SynthConfig, root: Path, progress: Callable[[int], None] | 
             if progress:
                 progress(1)
         return videos
-    with ProcessPoolExecutor(max_workers=min(workers, cfg.videos)) as pool:
+    # spawned, not forked: a fork of a process whose torch/OpenMP threads hold a lock can hang the child
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, cfg.videos), mp_context=spawn) as pool:
         videos = []
         for v in pool.map(_make_video, jobs):
             videos.append(v)
