@@ -83,7 +83,7 @@ from egovlpv2_edge.training.distributed import (
     init_distributed,
 )
 from egovlpv2_edge.training.losses import egonce_loss, mlm_loss_sum, mlm_mask, positive_mask, vtm_plan
-from egovlpv2_edge.training.optim import cosine_schedule, param_groups
+from egovlpv2_edge.training.optim import cosine_schedule, param_groups, reference_groups
 from egovlpv2_edge.training.pretrain import LossConfig, canonical_order, local_positions
 from egovlpv2_edge.training.text import is_minilm, load_or_train_tokenizer
 from egovlpv2_edge.training.trainer import GlobalBatchSampler, LoopConfig, OptimConfig, reset_metrics
@@ -647,9 +647,7 @@ def build_optimizer_for(task: DistillTask, cfg: OptimConfig) -> torch.optim.Adam
     """AdamW over the student's reference groups plus the projections and task heads at the head rate."""
     if cfg.text_lr_mult == 0 and not task.text_frozen:
         raise DistillError("optim.text_lr_mult=0 would leave the text tower training at rate 0: use freeze_text=true")
-    groups = param_groups(
-        task.student, cfg.lr, cfg.head_lr_mult, cfg.weight_decay, cfg.video_lr_mult, cfg.gate_lr_mult, cfg.text_lr_mult
-    )
+    groups = reference_groups(task.student, cfg)
     aux = param_groups(
         nn.ModuleDict({"proj": task.proj, "heads": task.heads}), cfg.lr, cfg.head_lr_mult, cfg.weight_decay
     )

@@ -21,8 +21,6 @@ from egovlpv2_edge.config import ModelConfig
 from egovlpv2_edge.model import EgoVLPv2
 from egovlpv2_edge.tokenizer import Tokenizer
 
-CONTROL_TEXT = {"shuffled": "shuffled", "reversed": "reversed (played backwards)"}
-
 
 def load_run(checkpoint: str | Path, tokenizer: str | Path | None = None) -> tuple[EgoVLPv2, Tokenizer]:
     """A model and its tokenizer from a training checkpoint (``tokenizer.json`` beside it by default)."""
@@ -51,7 +49,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _egomcq_main(argv: list[str]) -> int:
-    from egovlpv2_edge.training.evaluate import evaluate_egomcq, evaluate_order_pairs, evaluate_retrieval
+    from egovlpv2_edge.training.evaluate import (
+        FRAME_CONTROLS,
+        evaluate_egomcq,
+        evaluate_order_pairs,
+        evaluate_retrieval,
+    )
 
     p = argparse.ArgumentParser(prog="egovlp eval", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="task", required=True)
@@ -89,7 +92,7 @@ def _egomcq_main(argv: list[str]) -> int:
     for scoring, acc in res.accuracy.items():
         print(f"{scoring:10s} {acc['inter']:7.1f} {acc['intra']:7.1f}")
     for name, ctl in res.controls.items():
-        print(f"the same questions with each clip's frames {CONTROL_TEXT[name]}; drop = in order - {name}, +- its "
+        print(f"the same questions with each clip's frames {FRAME_CONTROLS[name]}; drop = in order - {name}, +- its "
               "paired 95% interval (a drop larger than the interval is significant)")  # fmt: skip
         print(f"{'scoring':10s} {'inter':>7s} {name:>8s} {'drop':>13s} {'intra':>7s} {name:>8s} {'drop':>13s}")
         for scoring, acc in res.accuracy.items():

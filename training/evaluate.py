@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 SCORINGS = ("dual", "fusion", "ensemble")
 
 
-FRAME_CONTROLS = ("shuffled", "reversed")
+FRAME_CONTROLS = {"shuffled": "shuffled", "reversed": "reversed (played backwards)"}  # name -> how the frames are
 
 
 @dataclass(frozen=True)

@@ -75,13 +75,19 @@ def lock_text_backbone(model: nn.Module) -> int:
     return frozen
 
 
-def build_optimizer(model: nn.Module, cfg: Any) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` with the run's betas and eps (call :func:`lock_text_backbone` first for
-    ``text_lr_mult=0``, before any DistributedDataParallel wrap)."""
-    groups = param_groups(
+def reference_groups(model: nn.Module, cfg: Any) -> list[dict[str, Any]]:
+    """:func:`param_groups` with a run's optimiser settings (``cfg``: an ``OptimConfig``); ``text_lr_mult=0`` first
+    locks the text backbone (:func:`lock_text_backbone`), so call it before any DistributedDataParallel wrap."""
+    if cfg.text_lr_mult == 0:
+        lock_text_backbone(model)
+    return param_groups(
         model, cfg.lr, cfg.head_lr_mult, cfg.weight_decay, cfg.video_lr_mult, cfg.gate_lr_mult, cfg.text_lr_mult
     )
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def build_optimizer(model: nn.Module, cfg: Any) -> torch.optim.AdamW:
+    """AdamW over :func:`reference_groups` with the run's betas and eps."""
+    return torch.optim.AdamW(reference_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
 def cosine_schedule(opt: torch.optim.Optimizer, total_steps: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:

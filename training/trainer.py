@@ -26,7 +26,7 @@ from egovlpv2_edge.runconfig import save_resolved
 from egovlpv2_edge.training.curves import plot_curves
 from egovlpv2_edge.training.data.dataset import EgoClipDataset, collate
 from egovlpv2_edge.training.distributed import DistInfo, barrier, init_distributed
-from egovlpv2_edge.training.optim import build_optimizer, cosine_schedule, lock_text_backbone
+from egovlpv2_edge.training.optim import build_optimizer, cosine_schedule
 from egovlpv2_edge.training.pretrain import LossConfig, PretrainTask
 from egovlpv2_edge.training.text import load_or_train_tokenizer
 
@@ -248,8 +248,7 @@ def train(cfg: PretrainConfig) -> Path:
     task = PretrainTask(
         model, tokenizer.special_ids, tokenizer.mask_id, cfg.loss, cfg.seed, fusion_from, data.directional
     )
-    if cfg.optim.text_lr_mult == 0:
-        lock_text_backbone(model)  # before DDP, which registers the parameters that train
+    opt = build_optimizer(model, cfg.optim)  # before DDP, which registers the parameters that train
     ddp = task
     if info.world_size > 1:
         some_unused = fusion_from > 0 or cfg.loss.mlm_weight == 0 or cfg.loss.vtm_weight == 0
@@ -258,7 +257,6 @@ def train(cfg: PretrainConfig) -> Path:
             device_ids=[info.local_rank] if info.device.type == "cuda" else None,
             find_unused_parameters=some_unused,
         )
-    opt = build_optimizer(model, cfg.optim)
     sched = cosine_schedule(opt, total, cfg.optim.warmup)
     scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.amp == "fp16")
     state = _State()

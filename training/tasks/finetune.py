@@ -38,7 +38,7 @@ from egovlpv2_edge.runconfig import save_resolved
 from egovlpv2_edge.tokenizer import Tokenizer
 from egovlpv2_edge.training.curves import plot_curves
 from egovlpv2_edge.training.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
-from egovlpv2_edge.training.optim import cosine_schedule, lock_text_backbone, param_groups
+from egovlpv2_edge.training.optim import cosine_schedule, reference_groups
 from egovlpv2_edge.training.tasks.checkpoint import load_backbone, save_finetuned
 from egovlpv2_edge.training.trainer import GlobalBatchSampler, OptimConfig
 
@@ -145,11 +145,7 @@ def _optimizer(cfg: FinetuneConfig, task: nn.Module) -> torch.optim.AdamW:
     head = [p for p in getattr(task, "head", nn.Module()).parameters() if p.requires_grad]
     if cfg.task == "nlq":
         return torch.optim.AdamW(head, lr=cfg.nlq.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
-    if o.text_lr_mult == 0:
-        lock_text_backbone(task.model)
-    groups = param_groups(
-        task.model, o.lr, o.head_lr_mult, o.weight_decay, o.video_lr_mult, o.gate_lr_mult, o.text_lr_mult
-    )
+    groups = reference_groups(task.model, o)
     if head:
         decay = [p for p in head if p.ndim >= 2]
         groups += [{"params": decay, "lr": o.lr * o.head_lr_mult, "weight_decay": o.weight_decay, "name": "task_decay"},
