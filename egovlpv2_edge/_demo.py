@@ -106,7 +106,7 @@ def stages() -> list[Stage]:
     return [
         Stage("data", "synthetic egocentric data", "data/meta.json", tr.stage_data, lambda d: 1.5 * d.videos + 5),
         Stage("pretrain", "teacher pre-training", "teacher/teacher.pt", tr.stage_teacher, _pretrain_estimate),
-        Stage("qa", "teacher QA fine-tuning", "qa/finetuned.pt", tr.stage_qa, lambda d: 1.6 * d.qa_steps * s(d) + 10),
+        Stage("qa", "teacher QA fine-tuning", "qa/finetuned.pt", tr.stage_qa, lambda d: 1.6 * d.qa_steps * s(d) + 25),
         Stage(
             "distill",
             "distillation into the edge student",

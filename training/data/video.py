@@ -159,8 +159,9 @@ class ChunkedVideoStore:
             n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
             out, last, pos = [], None, -1
             for i in local:
-                if i >= n:
-                    logger.warning("%s has %d frames; frame %d requested, repeating the last frame", path, n, i)
+                if i >= n:  # the frame at the chunk's end time is one past the last: only further is a problem
+                    log = logger.debug if i == n else logger.warning
+                    log("%s has %d frames; frame %d requested, repeating the last frame", path, n, i)
                     i = n - 1
                 if i == pos:  # the same frame again (several times past the end)
                     ok, frame = True, last

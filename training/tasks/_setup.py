@@ -46,11 +46,14 @@ def _tokens(tok: Tokenizer, texts: list[str], length: int, device: torch.device)
 def _qa(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, info: DistInfo) -> TaskSetup:
     device = info.device
     from egovlpv2_edge.training.data.qa import QADataset, collate_qa, read_qa
-    from egovlpv2_edge.training.tasks.qa import QATask, qa_text_length, train_cross_modal_only
+    from egovlpv2_edge.training.tasks.qa import QATask, fusion_stream_from_dual, qa_text_length, train_cross_modal_only
 
     root = Path(cfg.data)
     qa = read_qa(ensure_task_files(root, "qa.json"))
     v = model.cfg.video
+    if cfg.qa.mode == "fusion" and cfg.qa.fusion_from_dual:
+        fusion_stream_from_dual(model)
+        log.info("qa.fusion_from_dual: the fusion stream starts from the dual stream's CLS token and final norm")
     task = QATask(model, qa.answer_set, cfg.qa.mode, cfg.qa.dropout, cfg.qa.mc_weight).to(device)
     length = qa_text_length(model, cfg.qa.text_length)
     if cfg.qa.train == "fusion":
@@ -77,8 +80,40 @@ def _qa(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, info: DistInfo) ->
         video = batch["video"].to(device).float()  # clips, or float16 fused-layer tokens (qa.train=fusion)
         return run(video, ids, mask, batch["answer"].to(device), mc_ids, mc_mask)
 
+    if cfg.qa.head_warmup > 0:
+        warm_qa_head(task, data, tok, length, cfg.qa.head_warmup, cfg.seed, device, cfg.num_workers, info.is_main)
     params = {"text_length": length, "types": sorted({q.type for q in qa.items}), "train": cfg.qa.train}
     return TaskSetup(task, data, collate_qa, step, {"answers": list(qa.answer_set)}, params, task.head, cfg.qa.mode)
+
+
+def warm_qa_head(task: nn.Module, data: Dataset, tok: Tokenizer, length: int, epochs: int, seed: int,
+                 device: torch.device, workers: int = 1, show: bool = True) -> None:  # fmt: skip
+    """Fit the QA task's answer head alone on the starting model's features of ``data`` (one pass, no gradients
+    into the model), before fine-tuning. Every process computes the same head."""
+    from torch.utils.data import DataLoader
+
+    from egovlpv2_edge.progress import progress
+    from egovlpv2_edge.training.data.qa import collate_qa
+    from egovlpv2_edge.training.tasks.heads import fit_qa_head
+
+    cached = getattr(data, "cached", False)
+    loader = DataLoader(data, batch_size=64, collate_fn=collate_qa, num_workers=0 if cached else workers)
+    was_training, xs, ys = task.training, [], []
+    task.eval()
+    with torch.no_grad():
+        for b in progress(loader, desc="QA head warm start", disable=not show, leave=False):
+            ids, mask = _tokens(tok, b["question"], length, device)
+            xs.append(task.features(b["video"].to(device).float(), ids, mask).cpu())
+            ys.append(b["answer"])
+    task.train(was_training)
+    x, y = torch.cat(xs), torch.cat(ys)
+    loss = fit_qa_head(task.head, x, y, epochs, seed=seed)
+    with torch.no_grad():
+        acc = float((task.head.eval()(x.to(device)).argmax(-1).cpu() == y).float().mean())
+    task.head.train(was_training)
+    if show:
+        log.info("QA head warm start: %d epochs on %d items' features, loss %.3f, train accuracy %.3f",
+                 epochs, len(y), loss, acc)  # fmt: skip
 
 
 def _retrieval(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, info: DistInfo) -> TaskSetup:
@@ -168,12 +203,14 @@ def collate_spans(items: list, window_s: float) -> dict[str, torch.Tensor]:
 class NLQHeadTask(nn.Module):
     """Frozen model + trainable span head."""
 
-    def __init__(self, model: EgoVLPv2, hidden: int, layers: int, heads: int, dropout: float = 0.1) -> None:
+    def __init__(self, model: EgoVLPv2, hidden: int, layers: int, heads: int, dropout: float = 0.1,
+                 sim_prior: float = 0.0) -> None:  # fmt: skip
         super().__init__()
         from egovlpv2_edge.training.tasks.heads import SpanHead
 
         self.model = model
-        self.head = SpanHead(model.cfg.video.width, hidden, layers, heads, dropout, model.cfg.text.width, True)
+        self.head = SpanHead(model.cfg.video.width, hidden, layers, heads, dropout, model.cfg.text.width, True,
+                             sim_prior)  # fmt: skip
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Span loss of a padded batch."""
@@ -189,7 +226,7 @@ def _nlq(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, info: DistInfo) -
     device = info.device
     from egovlpv2_edge.training.data.nlq import read_nlq
     from egovlpv2_edge.training.data.video import ChunkedVideoStore
-    from egovlpv2_edge.training.tasks.nlq import extract_features
+    from egovlpv2_edge.training.tasks.nlq import extract_features, span_targets
 
     root = Path(cfg.data)
     meta = read_meta(root)
@@ -200,7 +237,8 @@ def _nlq(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, info: DistInfo) -
     model.eval()
     feats = extract_features(model, tok, store, clips, cfg.nlq.window_s, cfg.nlq.max_queries, info.is_main,
                              shard=(info.rank, info.world_size))  # fmt: skip
-    task = NLQHeadTask(model, cfg.nlq.hidden, cfg.nlq.layers, cfg.nlq.heads, cfg.nlq.dropout).to(device)
+    n = cfg.nlq
+    task = NLQHeadTask(model, n.hidden, n.layers, n.heads, n.dropout, n.sim_prior).to(device)
     task.head.train()
 
     def step(run: nn.Module, batch: dict[str, torch.Tensor], i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -210,7 +248,10 @@ def _nlq(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, info: DistInfo) -
         return collate_spans(items, cfg.nlq.window_s)
 
     lengths = [f.gt[1] - f.gt[0] for f in feats]
-    params = {"window_s": cfg.nlq.window_s, "mean_train_span_s": float(np.mean(lengths)) if lengths else 0.0}
+    windows = [e - s + 1 for s, e in (span_targets(f.gt, f.features.shape[0], cfg.nlq.window_s) for f in feats)]
+    # decoding keeps spans no longer than any train target
+    params = {"window_s": cfg.nlq.window_s, "mean_train_span_s": float(np.mean(lengths)) if lengths else 0.0,
+              "max_windows": int(max(windows, default=0))}  # fmt: skip
     return TaskSetup(task, _FeatureSet(feats), collate, step, {}, params, task.head, "fusion")
 
 

@@ -119,23 +119,13 @@ def _qa_pass(run: FinetunedRun, loader: DataLoader, length: int, shuffle: bool, 
 
 def _probe(train_x: torch.Tensor, train_y: torch.Tensor, n_answers: int, dropout: float, epochs: int,
            seed: int = 0) -> torch.nn.Module:  # fmt: skip
-    """Train a fresh QA head on cached features (full-batch AdamW)."""
-    from egovlpv2_edge.training.tasks.heads import QAHead
+    """A fresh QA head fitted on cached features (:func:`~egovlpv2_edge.training.tasks.heads.fit_qa_head`)."""
+    from egovlpv2_edge.training.tasks.heads import QAHead, fit_qa_head
 
     torch.manual_seed(seed)
     head = QAHead(train_x.shape[1], n_answers, dropout)
-    opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.01)
-    mean, std = train_x.mean(0), train_x.std(0).clamp(min=1e-6)
-    head.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(train_x)).split(64):
-            loss = torch.nn.functional.cross_entropy(head((train_x[idx] - mean) / std), train_y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    head.eval()
-    head.norm_stats = (mean, std)  # type: ignore[attr-defined]
-    return head
+    fit_qa_head(head, train_x, train_y, epochs, seed=seed)
+    return head.eval()
 
 
 def evaluate_qa(run: FinetunedRun, data: str | Path, split: str = "test", shuffle_frames: bool = False,
@@ -169,9 +159,8 @@ def evaluate_qa(run: FinetunedRun, data: str | Path, split: str = "test", shuffl
         tr = _qa_pass(run, train, length, shuffle=False, feats="dual")
         te = _qa_pass(run, test, length, shuffle=False, feats="dual")
         head = _probe(torch.cat(tr["features"]), torch.tensor(tr["answer"]), len(index), run.head.dropout, probe_epochs)
-        mean, std = head.norm_stats  # type: ignore[attr-defined]
         with torch.no_grad():
-            pred = head((torch.cat(te["features"]) - mean) / std).argmax(-1).tolist()
+            pred = head(torch.cat(te["features"])).argmax(-1).tolist()
         table.add("same head on dual features", qa_accuracy(pred, te["answer"], te["type"]))
     if res["mc_gold"]:
         for name, key in (("VTM score", "mc_vtm"), ("head", "mc_head")):
@@ -254,15 +243,26 @@ def evaluate_nlq(run: FinetunedRun, annotations: str | Path, video_root: str | P
     feats = extract_features(run.model, run.tokenizer, store, clips, window, max_queries)
     if not feats:
         raise ValueError(f"{annotations} has no usable query")
-    preds = []
-    for f in feats:
-        valid = torch.ones(1, len(f.features), dtype=torch.bool)  # a head built without the query ignores it
-        start, end = run.head(f.features[None], valid, f.text[None], f.text_mask[None], f.sim[None])
-        preds.append(decode_spans(start[0], end[0], window, f.duration, k=5))
+    longest = int(run.params.get("max_windows", 0))  # 0 (older checkpoints): spans of any length
+
+    def ranked(head: torch.nn.Module) -> list[np.ndarray]:
+        preds = []
+        for f in feats:
+            valid = torch.ones(1, len(f.features), dtype=torch.bool)  # a head built without the query ignores it
+            start, end = head(f.features[None], valid, f.text[None], f.text_mask[None], f.sim[None])
+            preds.append(decode_spans(start[0], end[0], window, f.duration, k=5, max_windows=longest))
+        return preds
+
     gts = np.asarray([f.gt for f in feats])
     length = float(run.params.get("mean_train_span_s") or (gts[:, 1] - gts[:, 0]).mean())
-    table = EvalTable(f"NLQ ({len(feats)} queries, {window:g}-s windows)")
-    table.add("span head (fused features + query)", recall_at_iou(preds, gts))
+    table = EvalTable(f"NLQ ({len(feats)} queries, {window:g}-s windows, spans of at most {longest or 'any'} windows)")
+    table.add("span head (fused features + query)", recall_at_iou(ranked(run.head), gts))
+    config = run.head.config()
+    if config.get("sim_prior"):
+        from egovlpv2_edge.training.tasks.heads import build_head
+
+        untrained = build_head(config).eval()  # the same head before training: the similarity prior alone
+        table.add("the head untrained (similarity prior)", recall_at_iou(ranked(untrained), gts))
     table.add(f"fixed {length:.1f}-s windows", recall_at_iou([fixed_window_baseline(f.duration, length) for f in feats],
                                                             gts))  # fmt: skip
     table.add("dual similarity, top 5 windows", recall_at_iou([_top_windows(f.sim, window, f.duration) for f in feats],

@@ -56,6 +56,12 @@ class QAConfig:
     # embeddings stay valid) and each clip's tokens entering the fused layers are computed once, then reused
     train: str = "all"
     mc_weight: float = 1.0  # weight of the multiple-choice VTM loss (right vs one wrong choice); 0 = off
+    # start the fusion stream's CLS token and final norm from the dual stream's (fusion mode; see
+    # tasks/qa.py::fusion_stream_from_dual); false keeps the pre-trained fusion stream as it is
+    fusion_from_dual: bool = True
+    # epochs of fitting the answer head alone on the starting model's features before fine-tuning (a linear probe
+    # first, then everything: the fine-tuning starts from a head that already reads the features); 0 = off
+    head_warmup: int = 30
     dropout: float = 0.2  # head dropout
     text_length: int = 30  # question tokens (capped by the text encoder's positions)
 
@@ -85,6 +91,9 @@ class NLQConfig:
     layers: int = 1  # span head Transformer layers
     heads: int = 2  # span head attention heads
     dropout: float = 0.1  # span head dropout
+    # start/end logits begin as this weight (learned) times each window's standardised dual similarity to the
+    # query, and the head learns a correction on top (0 = the head alone, which has to learn the ranking too)
+    sim_prior: float = 3.0
     lr: float = 1e-3  # head learning rate (the backbone is frozen)
     max_queries: int = 0  # cap on training queries (0 = all)
 

@@ -6,6 +6,9 @@
   CPU): per-window fused features ``(B, N, D)`` -> projection + sinusoidal positions; as in VSLNet the query's
   dual-mode token states attend into it (windows as queries, text tokens as keys), and the dual-mode similarity
   of each window to the query enters as one more input; then a Transformer encoder -> start and end logits.
+  With ``sim_prior`` the head refines the similarity ranking instead of learning it: its output layer starts
+  at zero and each of the start and end logits adds the standardised similarity times a learned weight, so an
+  untrained head already ranks windows as the zero-shot dual model does.
 
 Each head is rebuilt from the ``config()`` dict stored in fine-tuned checkpoints (:func:`build_head`).
 """
@@ -20,7 +23,7 @@ from torch import nn
 
 from egovlpv2_edge.model.layers import init_weights
 
-__all__ = ["QAHead", "SpanHead", "build_head"]
+__all__ = ["QAHead", "SpanHead", "build_head", "fit_qa_head"]
 
 
 class QAHead(nn.Module):
@@ -51,6 +54,39 @@ class QAHead(nn.Module):
         return self.net(x)
 
 
+def fit_qa_head(head: QAHead, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float = 1e-3,
+                batch: int = 64, seed: int = 0) -> float:  # fmt: skip
+    """Fit ``head`` on fixed features ``x`` ``(N, D)`` and answers ``y`` ``(N,)`` in place (AdamW, decay 0.01).
+
+    The features are standardised per dimension while fitting (a from-scratch encoder's features share a large
+    common component that a plain head needs many epochs to see past); the standardisation is then folded into
+    the first linear layer, so the fitted head reads raw features. Returns the last epoch's mean loss.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    device = next(head.parameters()).device
+    x, y = x.to(device), y.to(device)
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+    z = (x - mean) / std
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
+    was_training, last = head.training, float("nan")
+    head.train()
+    for _ in range(epochs):
+        losses = []
+        for idx in torch.randperm(len(z), generator=gen).to(device).split(batch):
+            loss = nn.functional.cross_entropy(head(z[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        last = float(sum(losses) / max(len(losses), 1))
+    first = head.net[0]
+    with torch.no_grad():  # W((x - m) / s) + b = (W / s) x + (b - (W / s) m)
+        first.weight.div_(std)
+        first.bias.sub_(first.weight @ mean)
+    head.train(was_training)
+    return last
+
+
 def sinusoid(n: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
     """Sinusoidal position table ``(n, dim)``."""
     pos = torch.arange(n, device=device, dtype=torch.float32)[:, None]
@@ -73,12 +109,14 @@ class SpanHead(nn.Module):
     """
 
     def __init__(self, in_dim: int, hidden: int = 128, layers: int = 1, heads: int = 2, dropout: float = 0.1,
-                 text_dim: int = 0, use_sim: bool = False) -> None:  # fmt: skip
+                 text_dim: int = 0, use_sim: bool = False, sim_prior: float = 0.0) -> None:  # fmt: skip
         super().__init__()
         if hidden % heads or hidden % 2:
             raise ValueError(f"hidden={hidden} must be even and divisible by heads={heads}")
+        if sim_prior and not use_sim:
+            raise ValueError(f"sim_prior={sim_prior} needs use_sim=True (the prior is the query-window similarity)")
         self.args = {"in_dim": in_dim, "hidden": hidden, "layers": layers, "heads": heads, "dropout": dropout,
-                     "text_dim": text_dim, "use_sim": use_sim}  # fmt: skip
+                     "text_dim": text_dim, "use_sim": use_sim, "sim_prior": sim_prior}  # fmt: skip
         self.proj = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden))
         self.text_proj = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, hidden)) if text_dim else None
         self.query_attn = nn.MultiheadAttention(hidden, heads, dropout, batch_first=True) if text_dim else None
@@ -86,6 +124,11 @@ class SpanHead(nn.Module):
         layer = nn.TransformerEncoderLayer(hidden, heads, 2 * hidden, dropout, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.out = nn.Linear(hidden, 2)
+        self.prior = None
+        if sim_prior:  # start and end logits begin as sim_prior * z(similarity); the rest is learned on top
+            self.prior = nn.Parameter(torch.full((2,), float(sim_prior)))
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments, saved with the checkpoint."""
@@ -110,6 +153,7 @@ class SpanHead(nn.Module):
             sim: Dual-mode query-window cosine similarity ``(B, N)`` (needed with ``use_sim``); standardised over
                 each query's real windows, so only its shape along the video counts.
         """
+        z = None
         B, N, _ = x.shape
         h = self.proj(x) + sinusoid(N, self.args["hidden"], x.device)  # (B, N, H)
         if self.query_attn is not None and self.text_proj is not None:
@@ -126,7 +170,10 @@ class SpanHead(nn.Module):
             z = (sim - mean) / (var.sqrt() + 1e-6) * m  # (B, N)
             h = h + self.sim_proj(z.unsqueeze(-1))
         h = self.encoder(h, src_key_padding_mask=~mask)
-        logits = self.out(h).masked_fill(~mask[..., None], -1e4)  # (B, N, 2)
+        logits = self.out(h)  # (B, N, 2)
+        if self.prior is not None and z is not None:
+            logits = logits + z.unsqueeze(-1) * self.prior
+        logits = logits.masked_fill(~mask[..., None], -1e4)
         return logits[..., 0], logits[..., 1]
 
 

@@ -23,7 +23,8 @@ from egovlpv2_edge.tokenizer import Tokenizer
 from egovlpv2_edge.training.optim import CROSS_MARK
 from egovlpv2_edge.training.tasks.heads import QAHead
 
-__all__ = ["QATask", "choice_texts", "dual_features", "qa_text_length", "train_cross_modal_only"]
+__all__ = ["QATask", "choice_texts", "dual_features", "fusion_stream_from_dual", "qa_text_length",
+           "train_cross_modal_only"]  # fmt: skip
 
 Mode = Literal["fusion", "dual"]
 
@@ -133,6 +134,22 @@ class QATask(nn.Module):
         ids, mask = torch.from_numpy(tok.input_ids), torch.from_numpy(tok.attention_mask)
         clips = video.unsqueeze(0).expand(len(choices), *video.shape)
         return torch.softmax(self.model.forward_fusion(clips, ids, mask).vtm_logits, dim=-1)[:, 1]
+
+
+def fusion_stream_from_dual(model: EgoVLPv2) -> None:
+    """Start the fusion stream's own CLS token and final norm from the dual stream's.
+
+    The fused stream reads its clip through a CLS token of its own (the reference's model-level ``cls_token``
+    and ``norm``), trained only by the fused pre-training losses. Where those did not learn (the CPU teachers:
+    VTM stays at chance), that token gathers nothing a QA head can use, and the head learns the answer prior
+    alone. Copied from the dual stream, the fused video CLS starts as the contrastively trained clip feature
+    plus what the gated cross-attention reads from the question, and fine-tuning goes on from there.
+    """
+    with torch.no_grad():
+        if model.fusion_cls_token is not None:
+            model.fusion_cls_token.copy_(model.video.cls_token)
+        model.fusion_norm.weight.copy_(model.video.norm.weight)
+        model.fusion_norm.bias.copy_(model.video.norm.bias)
 
 
 CROSS_MODAL_PREFIXES = ("fusion_norm.", "heads.")

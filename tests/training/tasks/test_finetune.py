@@ -91,10 +91,14 @@ def test_qa_train_fusion_keeps_the_dual_encoders(small_data, pretrained, tmp_pat
     before = torch.load(pretrained, weights_only=True)["model"]
     after = torch.load(ckpt, weights_only=True)
     cross = [k for k in before if ".cross." in k or k.startswith(CROSS_MODAL_PREFIXES)]
-    assert cross and all(torch.equal(before[k], after["model"][k]) for k in before if k not in cross)  # dual intact
+    fusion_stream = [*cross, "fusion_cls_token"]  # qa.fusion_from_dual starts that token from the dual one
+    assert cross and all(torch.equal(before[k], after["model"][k]) for k in before if k not in fusion_stream)
     assert any(not torch.equal(before[k], after["model"][k]) for k in cross if before[k].is_floating_point())
+    assert torch.equal(after["model"]["fusion_cls_token"], before["video.cls_token"])
     assert after["task"]["params"]["train"] == "fusion"
-    assert "QA clip tokens" in capsys.readouterr().err  # computed once, before the steps
+    err = capsys.readouterr().err
+    assert "QA clip tokens" in err  # computed once, before the steps
+    assert "QA head warm start" in err  # the answer head is fitted on them before fine-tuning
     for extra, msg in ((["qa.train=lower"], "qa.train='lower'; valid: all"),
                        (["qa.train=fusion", "qa.mode=dual"], "which qa.mode=dual never runs")):  # fmt: skip
         args = ["finetune", "--task", "qa", "--init", str(pretrained), f"data={small_data}", *COMMON, *extra]
@@ -129,10 +133,12 @@ def test_nlq_finetune_trains_only_the_head_and_evaluates(small_data, pretrained,
     assert all(torch.equal(before[k], after["model"][k]) for k in before)  # frozen backbone
     assert after["task"]["head_config"]["kind"] == "span" and after["task"]["params"]["window_s"] == 2.0
     assert after["task"]["head_config"]["text_dim"] > 0 and after["task"]["head_config"]["use_sim"]  # reads the query
+    assert after["task"]["head_config"]["sim_prior"] == 3.0 and after["task"]["params"]["max_windows"] >= 1
     capsys.readouterr()
     assert eval_main(["--task", "nlq", "--checkpoint", str(ckpt), "--data", str(small_data), "--split", "val"]) == 0
     text = capsys.readouterr().out
     assert "R@1 IoU=0.3" in text and "R@5 IoU=0.5" in text and "fixed" in text and "dual similarity" in text
+    assert "the head untrained (similarity prior)" in text
 
 
 def test_zeroshot_and_egomcq_evals(small_data, pretrained, capsys) -> None:

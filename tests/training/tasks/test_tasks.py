@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from egovlpv2_edge import create_model
-from egovlpv2_edge.training.tasks.heads import QAHead, SpanHead, build_head
+from egovlpv2_edge.training.tasks.heads import QAHead, SpanHead, build_head, fit_qa_head
 from egovlpv2_edge.training.tasks.nlq import decode_spans, fixed_window_baseline, span_loss, span_targets
-from egovlpv2_edge.training.tasks.qa import QATask, dual_features
+from egovlpv2_edge.training.tasks.qa import QATask, dual_features, fusion_stream_from_dual
 from egovlpv2_edge.training.tasks.retrieval import RetrievalTask, multi_instance_margin_loss, relevancy_from_tags
 
 
@@ -47,6 +47,19 @@ def test_qa_head_shape_and_rebuild() -> None:
     assert isinstance(again, QAHead) and again.num_answers == 7
     with pytest.raises(ValueError, match="unknown head kind"):
         build_head({"kind": "mystery"})
+
+
+def test_fit_qa_head_reads_raw_features_with_a_large_common_offset() -> None:
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (300,), generator=gen)
+    x = 50.0 + 0.02 * torch.randn(300, 8, generator=gen)  # the answer moves dimension 2 by 0.1 beside a 50 offset
+    x[:, 2] += 0.1 * y
+    torch.manual_seed(0)
+    head = QAHead(8, 3, dropout=0.0)
+    loss = fit_qa_head(head, x, y, epochs=100)
+    with torch.no_grad():
+        acc = float((head(x).argmax(-1) == y).float().mean())  # raw features: the standardisation is folded in
+    assert loss < 0.8 and acc > 0.9, (loss, acc)  # chance: loss ln 3 = 1.10, accuracy 1/3
 
 
 def test_qa_task_fusion_and_dual_shapes() -> None:
@@ -151,6 +164,34 @@ def test_span_head_finds_the_window_only_the_query_names(reads: str) -> None:
         heads["query"](b["x"], b["mask"])
     rebuilt = build_head(heads["query"].config())
     assert rebuilt.args == heads["query"].args
+
+
+def test_span_head_with_a_similarity_prior_starts_as_the_similarity_ranking() -> None:
+    torch.manual_seed(0)
+    head = SpanHead(8, 16, 1, 2, 0.0, use_sim=True, sim_prior=3.0).eval()
+    sim = torch.tensor([[0.1, 0.4, 0.1, 0.0], [0.2, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, True, True], [True, True, True, False]])
+    start, end = head(torch.randn(2, 4, 8), mask, sim=sim)
+    # first query: mean 0.15, std sqrt(0.0225) = 0.15, so z = (-1/3, 5/3, -1/3, -1); second over its 3 windows:
+    # mean 1/15, std sqrt(2/225) = 0.0943, z = (sqrt(2), -sqrt(2)/2, -sqrt(2)/2)
+    want = torch.tensor([[-1.0, 5.0, -1.0, -3.0], [3 * 2**0.5, -1.5 * 2**0.5, -1.5 * 2**0.5, -1e4]])
+    torch.testing.assert_close(start, want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(end, want, atol=1e-4, rtol=1e-4)
+    assert build_head(head.config()).args["sim_prior"] == 3.0
+    with pytest.raises(ValueError, match="needs use_sim"):
+        SpanHead(8, 16, sim_prior=3.0)
+
+
+def test_fusion_stream_from_dual_gives_the_fused_pass_the_dual_clip_tokens() -> None:
+    model = create_model("egovlpv2_test").eval()
+    with torch.no_grad():
+        model.fusion_cls_token.normal_()
+    video = torch.randn(2, 2, 3, 32, 32)
+    assert not torch.allclose(model.video_lower(video, "fusion"), model.video_lower(video, "dual"))
+    fusion_stream_from_dual(model)
+    torch.testing.assert_close(model.video_lower(video, "fusion"), model.video_lower(video, "dual"))
+    torch.testing.assert_close(model.fusion_norm.weight, model.video.norm.weight)
+    torch.testing.assert_close(model.fusion_norm.bias, model.video.norm.bias)
 
 
 def test_decode_spans_and_fixed_windows_by_hand() -> None:
