@@ -106,6 +106,10 @@ class SpanHead(nn.Module):
         layers: Transformer encoder layers.
         heads: Attention heads.
         dropout: Dropout inside the encoder.
+        text_dim: Width of the query's token states to attend to (0 = the head does not read the query).
+        use_sim: Read each window's dual similarity to the query.
+        sim_prior: Starting weight of the standardised similarity in the start and end logits (learned; needs
+            ``use_sim``); the output layer then starts at zero. 0 = no prior.
     """
 
     def __init__(self, in_dim: int, hidden: int = 128, layers: int = 1, heads: int = 2, dropout: float = 0.1,
