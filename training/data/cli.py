@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--watermark", action=argparse.BooleanOptionalAction, default=False,
                    help="write the frame index into each frame's corner (for tests)")  # fmt: skip
     s.add_argument("--head-motion", action=argparse.BooleanOptionalAction, default=True, help="camera head motion")
+    s.add_argument("--narration-style", choices=("ego4d", "epic"), default=d.narration_style,
+                   help="ego4d: '#C C picks up the red cup'; epic: 'pick up red cup' (EPIC-KITCHENS style, for a "
+                        "fine-tuning set in another domain) (default %(default)s)")  # fmt: skip
     c = sub.add_parser("contact-sheet", help="PNG grid of sample clips with their narrations")
     c.add_argument("--data", required=True, type=Path, help="dataset folder")
     c.add_argument("--out", required=True, type=Path, help="PNG to write")
@@ -59,8 +62,8 @@ def _synth(args: argparse.Namespace) -> int:
     cfg = SynthConfig(videos=args.videos, seed=args.seed, fps=args.fps, size=args.size,
                       chunk_seconds=args.chunk_seconds, min_actions=args.min_actions, max_actions=args.max_actions,
                       holdout_pairs=tuple(args.holdout_pairs), holdout_rate=args.holdout_rate, workers=args.workers,
-                      watermark=args.watermark,
-                      head_motion=args.head_motion)  # fmt: skip
+                      watermark=args.watermark, head_motion=args.head_motion,
+                      narration_style=args.narration_style)  # fmt: skip
     try:
         cfg.validate()
     except ValueError as err:

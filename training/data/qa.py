@@ -119,7 +119,7 @@ def verb_answer(verb_key: str) -> str:
 
 def _base_word(word: str) -> str:
     """Third person singular to base form: ``picks`` -> ``pick``, ``pushes`` -> ``push``."""
-    if word.endswith("es") and word[:-2].endswith(("sh", "ch", "ss", "x", "z")):
+    if word.endswith("es") and word[:-2].endswith(("sh", "ch", "ss", "x", "zz")):  # "squeezes" keeps its "e"
         return word[:-2]
     return word[:-1] if word.endswith("s") else word
 

@@ -55,6 +55,9 @@ logger = logging.getLogger(__name__)
 GENERATOR_VERSION = "1.0"
 
 
+NARRATION_STYLES = ("ego4d", "epic")
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """What to generate. Every field is recorded in ``meta.json``."""
@@ -74,6 +77,9 @@ class SynthConfig:
     test_fraction: float = 0.1
     watermark: bool = False  # write the frame index into the top-left corner (for reader tests)
     head_motion: bool = True
+    # "ego4d": "#C C picks up the red cup"; "epic": EPIC-KITCHENS style, "pick up red cup" (a fine-tuning set in
+    # another narration domain than the pre-training one, as EPIC-KITCHENS-100 is to Ego4D)
+    narration_style: str = "ego4d"
     workers: int = 1  # processes rendering videos in parallel; 0 = one per CPU core
 
     def validate(self) -> None:
@@ -93,6 +99,8 @@ class SynthConfig:
             (0 <= self.val_fraction + self.test_fraction < 1, "val_fraction + test_fraction must be in [0, 1)"),
             (self.workers >= 0, f"workers={self.workers} must be >= 0 (0 = one per core)"),
             (0 <= self.holdout_rate <= 1, f"holdout_rate={self.holdout_rate} must be in [0, 1]"),
+            (self.narration_style in NARRATION_STYLES,
+             f"narration_style={self.narration_style!r}; valid: {', '.join(NARRATION_STYLES)}"),
         ]  # fmt: skip
         for ok, msg in checks:
             if not ok:
@@ -153,8 +161,13 @@ def _action_json(uid: str, plan: VideoPlan, a: PlannedAction, text: str) -> dict
     }  # fmt: skip
 
 
-def narration(a: PlannedAction) -> str:
-    """Ego4D-style narration, e.g. ``"#C C picks up the red cup"``."""
+def narration(a: PlannedAction, style: str = "ego4d") -> str:
+    """The action's narration: Ego4D style, e.g. ``"#C C picks up the red cup"``, or EPIC-KITCHENS style (base
+    form, no subject, no article, the verb's usual wording), e.g. ``"pick up red cup"``."""
+    if style == "epic":
+        from egovlpv2_edge.training.data.qa import base_phrase
+
+        return base_phrase(a.verb.key, a.noun.name)
     return "#C C " + a.verb.templates[a.template].format(n=a.noun.name)
 
 
@@ -190,7 +203,7 @@ def _make_video(job: tuple[SynthConfig, int, str]) -> dict:
     frames = _write_chunks(render_frames(plan, look, cfg.size, cfg.fps, cfg.watermark), Path(root), uid, cfg)
     actions = []
     for a in plan.actions:
-        text = narration(a)
+        text = narration(a, cfg.narration_style)
         tools = [noun_by_key(a.verb.tool).id] if a.verb.tool else []
         actions.append({**_action_json(uid, plan, a, text), "tag_verb": [a.verb.id], "tag_noun": [a.noun.id, *tools]})
     return {"uid": uid, "index": index, "duration": plan.duration, "frames": frames, "actions": actions}

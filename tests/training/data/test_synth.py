@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 from egovlpv2_edge.training.data.egoclip import MCQ_INTER, MCQ_INTRA, read_egoclip, read_egomcq
 from egovlpv2_edge.training.data.synth import SynthConfig, generate_dataset, render_clip
-from egovlpv2_edge.training.data.taxonomy import noun_by_key, verb_by_key
+from egovlpv2_edge.training.data.taxonomy import NOUNS, noun_by_key, verb_by_key
 from egovlpv2_edge.training.data.video import ChunkedVideoStore
 
 from .conftest import HOLDOUT, TINY, micro
@@ -135,6 +136,30 @@ def test_order_pairs_are_time_reversals(pair) -> None:
     b = render_clip(second, noun, seed=2, size=64, still=True)
     to_other, to_self = _reversal_gap(a, b)
     assert to_other < 0.5 * to_self, (to_other, to_self)  # reversed "pick up" looks like "put down", not itself
+
+
+def test_epic_narration_style_changes_only_the_texts(tmp_path) -> None:
+    from egovlpv2_edge.training.data.taxonomy import VERBS
+
+    ego, epic = tmp_path / "ego", tmp_path / "epic"
+    generate_dataset(ego, micro(seed=5))
+    generate_dataset(epic, replace(micro(seed=5), narration_style="epic"))
+    a, b = read_egoclip(ego / "egoclip.csv"), read_egoclip(epic / "egoclip.csv")
+    assert [(r.video_uid, r.clip_start, r.tag_verb, r.tag_noun) for r in a] == [
+        (r.video_uid, r.clip_start, r.tag_verb, r.tag_noun) for r in b
+    ]
+    nouns, verbs = {n.id: n.name for n in NOUNS}, {v.id: v for v in VERBS}
+    for r in b:
+        verb = verbs[r.tag_verb[0]]
+        assert not r.clip_text.startswith("#C") and " the " + nouns[r.tag_noun[0]] not in r.clip_text
+        assert r.clip_text.split(" ")[0] == verb.key.split("_")[0] or verb.key in ("rotate_cw", "rotate_ccw")
+        assert nouns[r.tag_noun[0]] in r.clip_text
+    by_key = {verbs[r.tag_verb[0]].key: r.clip_text for r in b}
+    if "pick_up" in by_key:
+        assert by_key["pick_up"].startswith("pick up ")
+    assert json.loads((epic / "meta.json").read_text())["config"]["narration_style"] == "epic"
+    with pytest.raises(ValueError, match="narration_style='yt'; valid: ego4d, epic"):
+        SynthConfig(narration_style="yt").validate()
 
 
 def test_config_errors_name_the_problem() -> None:
