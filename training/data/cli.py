@@ -16,7 +16,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from egovlpv2_edge.training.data.synth import SynthConfig, generate_dataset
+from egovlpv2_edge.training.data.synth import NARRATION_STYLES, SynthConfig, generate_dataset
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--watermark", action=argparse.BooleanOptionalAction, default=False,
                    help="write the frame index into each frame's corner (for tests)")  # fmt: skip
     s.add_argument("--head-motion", action=argparse.BooleanOptionalAction, default=True, help="camera head motion")
-    s.add_argument("--narration-style", choices=("ego4d", "epic"), default=d.narration_style,
+    s.add_argument("--narration-style", choices=NARRATION_STYLES, default=d.narration_style,
                    help="ego4d: '#C C picks up the red cup'; epic: 'pick up red cup' (EPIC-KITCHENS style, for a "
                         "fine-tuning set in another domain) (default %(default)s)")  # fmt: skip
     c = sub.add_parser("contact-sheet", help="PNG grid of sample clips with their narrations")
