@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from egovlpv2_edge.training.data.taxonomy import noun_by_key
+from egovlpv2_edge.training.data.taxonomy import base_phrase, noun_by_key
 
 __all__ = ["NLQClip", "NLQFormatError", "NLQQuery", "build_nlq", "read_nlq", "window_starts"]
 
@@ -151,8 +151,6 @@ def _uid(rng: np.random.Generator) -> str:
 
 
 def _query(a: dict, fps: float, rng: np.random.Generator) -> dict[str, Any]:
-    from egovlpv2_edge.training.data.qa import base_phrase
-
     name = noun_by_key(a["noun"]).name
     text = f"when did I {base_phrase(a['verb'], 'the ' + name)}?"
     start, end = round(float(a["start"]), 3), round(float(a["end"]), 3)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from egovlpv2_edge.training.data.taxonomy import NOUNS, VERBS, noun_by_key, verb_by_key
+from egovlpv2_edge.training.data.taxonomy import NOUNS, VERBS, base_phrase, noun_by_key, verb_by_key
 
 __all__ = [
     "ANSWER_KINDS",
@@ -115,24 +115,6 @@ class QASet:
 def verb_answer(verb_key: str) -> str:
     """The answer word(s) for a verb, e.g. ``"pick up"``, ``"turn clockwise"``."""
     return _SPECIAL_VERB_ANSWERS.get(verb_key, verb_key.replace("_", " "))
-
-
-def _base_word(word: str) -> str:
-    """Third person singular to base form: ``picks`` -> ``pick``, ``pushes`` -> ``push``."""
-    if word.endswith("es") and word[:-2].endswith(("sh", "ch", "ss", "x", "zz")):  # "squeezes" keeps its "e"
-        return word[:-2]
-    return word[:-1] if word.endswith("s") else word
-
-
-def base_phrase(verb_key: str, obj: str) -> str:
-    """The verb's usual narration in base form with ``obj`` as its object (``""`` drops it).
-
-    ``base_phrase("pick_up", "the red cup") == "pick up the red cup"``; ``base_phrase("pour", "")`` is
-    ``"pour water from"``.
-    """
-    words = verb_by_key(verb_key).templates[0].split(" ")
-    words[0] = _base_word(words[0])
-    return " ".join(" ".join(words).replace("the {n}", obj).split())
 
 
 def _third_phrase(verb_key: str, obj: str) -> str:

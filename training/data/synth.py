@@ -37,7 +37,14 @@ from egovlpv2_edge.training.data._mcq import build_egomcq
 from egovlpv2_edge.training.data._plan import PlannedAction, VideoPlan, make_scene, next_state, plan_video
 from egovlpv2_edge.training.data._render import make_look, read_watermark, render_frames
 from egovlpv2_edge.training.data.egoclip import ClipRecord, read_egoclip, write_egoclip, write_egomcq
-from egovlpv2_edge.training.data.taxonomy import ORDER_PAIRS, compatible, noun_by_key, verb_by_key, write_taxonomy
+from egovlpv2_edge.training.data.taxonomy import (
+    ORDER_PAIRS,
+    base_phrase,
+    compatible,
+    noun_by_key,
+    verb_by_key,
+    write_taxonomy,
+)
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -165,8 +172,6 @@ def narration(a: PlannedAction, style: str = "ego4d") -> str:
     """The action's narration: Ego4D style, e.g. ``"#C C picks up the red cup"``, or EPIC-KITCHENS style (base
     form, no subject, no article, the verb's usual wording), e.g. ``"pick up red cup"``."""
     if style == "epic":
-        from egovlpv2_edge.training.data.qa import base_phrase
-
         return base_phrase(a.verb.key, a.noun.name)
     return "#C C " + a.verb.templates[a.template].format(n=a.noun.name)
 

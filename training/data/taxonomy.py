@@ -25,6 +25,7 @@ __all__ = [
     "VERBS",
     "Noun",
     "Verb",
+    "base_phrase",
     "compatible",
     "compatible_nouns",
     "multi_hot",
@@ -326,3 +327,21 @@ def read_nouns(path: str | Path) -> list[dict[str, str]]:
         ValueError: If columns are missing or ids are out of order.
     """
     return _read_table(Path(path), ["id", "key"])
+
+
+def _base_word(word: str) -> str:
+    """Third person singular to base form: ``picks`` -> ``pick``, ``pushes`` -> ``push``."""
+    if word.endswith("es") and word[:-2].endswith(("sh", "ch", "ss", "x", "zz")):  # "squeezes" keeps its "e"
+        return word[:-2]
+    return word[:-1] if word.endswith("s") else word
+
+
+def base_phrase(verb_key: str, obj: str) -> str:
+    """The verb's usual narration in base form with ``obj`` as its object (``""`` drops it).
+
+    ``base_phrase("pick_up", "the red cup") == "pick up the red cup"``; ``base_phrase("pour", "")`` is
+    ``"pour water from"``.
+    """
+    words = verb_by_key(verb_key).templates[0].split(" ")
+    words[0] = _base_word(words[0])
+    return " ".join(" ".join(words).replace("the {n}", obj).split())
