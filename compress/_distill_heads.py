@@ -108,6 +108,11 @@ class FinetunedQAHook:
         """The task ``params`` of the checkpoint a head came from (e.g. the question ``text_length``)."""
         return dict(self._payloads.get(id(head), {}).get("params") or {})
 
+    def answers(self, head: nn.Module) -> tuple[str, ...]:
+        """The answers a head scores (index = class id), from the checkpoint it came from; () when unknown."""
+        vocab = self._payloads.get(id(head), {}).get("vocab") or {}
+        return tuple(vocab.get("answers") or ())
+
 
 def default_head_hooks() -> dict[str, HeadHook]:
     """The built-in QA hook plus any published by the task modules (``training.tasks.distill_head_hooks()``)."""
@@ -245,6 +250,63 @@ def question_tokens(questions: list[str], s_tok: Tokenizer, s_len: int, t_tok: T
         "t_ids": torch.from_numpy(t.input_ids).to(device),
         "t_mask": torch.from_numpy(t.attention_mask).to(device),
     }
+
+
+def warm_student_qa_head(task: Any, qa: QABatches, epochs: int, seed: int, show: bool = True) -> float | None:
+    """Fit the student's QA head alone on the student's fused video CLS of every QA train question (one pass, no
+    gradients into the student), before the fused terms start.
+
+    A fresh student head meets features that the dual-only steps have just moved; trained from there by KL alone
+    for a few fused steps it settles on one answer. Fitted first on the questions' answers (as the teacher's head
+    was fine-tuned), it starts where the teacher's fine-tuning put the teacher's. Every process fits the same head
+    on the same questions. Returns the fitted head's train accuracy, or None when the QA head is not a ``QAHead``.
+    """
+    from egovlpv2_edge.progress import progress
+    from egovlpv2_edge.training.data.qa import collate_qa
+    from egovlpv2_edge.training.tasks.heads import QAHead, fit_qa_head
+
+    head, hook = task.heads[QA_HEAD], task.hooks[QA_HEAD]
+    if not isinstance(head, QAHead):
+        log.info("QA head warm start skipped: the student's QA head is a %s, not a QAHead", type(head).__name__)
+        return None
+    answers_of = getattr(hook, "answers", None)
+    theirs = {a: i for i, a in enumerate(answers_of(head) if callable(answers_of) else ())}
+    to_head = {i: theirs[a] for a, i in qa.data.index.items() if a in theirs}  # data's answer id -> head's
+    if not to_head:
+        log.info("QA head warm start skipped: no answer of the QA split is in the head's vocabulary")
+        return None
+    (s_tok, t_tok), (s_len, t_len) = qa.tokenizers, qa.lengths
+    loader = DataLoader(qa.data, batch_size=64, collate_fn=collate_qa, num_workers=qa.num_workers,
+                        worker_init_fn=_worker_init, generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    student, xs, ys = task.student, [], []
+    was_training = student.training
+    student.eval()
+    with torch.no_grad():
+        for b in progress(loader, desc="student QA head warm start", disable=not show, leave=False):
+            tok = question_tokens(b["question"], s_tok, s_len, t_tok, t_len, qa.device)
+            out = student.forward_fusion(b["video"].to(qa.device), tok["ids"], tok["mask"])
+            xs.append(hook.logits(_FeatureTap(), out).cpu())
+            ys.append(torch.tensor([to_head.get(int(a), -1) for a in b["answer"]]))
+    student.train(was_training)
+    x, y = torch.cat(xs), torch.cat(ys)
+    known = y >= 0  # questions whose answer the head scores
+    x, y = x[known], y[known]
+    loss = fit_qa_head(head, x, y, epochs, seed=seed)
+    head_training = head.training
+    with torch.no_grad():
+        acc = float((head.eval()(x.to(qa.device)).argmax(-1).cpu() == y).float().mean())
+    head.train(head_training)
+    if show:
+        log.info("student QA head warm start: %d epochs on %d questions' fused features, loss %.3f, train accuracy "
+                 "%.3f", epochs, len(y), loss, acc)  # fmt: skip
+    return acc
+
+
+class _FeatureTap(nn.Module):
+    """Stands in for a head in ``hook.logits(head, fused)``: returns the features the hook feeds the head."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
 
 
 def question_head_kl(task: Any, qa: Mapping[str, Tensor], temperature: float) -> Tensor:

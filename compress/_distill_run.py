@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from egovlpv2_edge.checkpoint import save_checkpoint
+from egovlpv2_edge.compress._distill_heads import warm_student_qa_head
 from egovlpv2_edge.tokenizer import Tokenizer
 from egovlpv2_edge.training.curves import plot_curves
 from egovlpv2_edge.training.data.dataset import EgoClipDataset, collate
@@ -150,6 +151,8 @@ def loop(
         loader = DataLoader(data, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
                             worker_init_fn=_worker_init, generator=seeds)  # fmt: skip
         for batch in loader:
+            if run.step == run.task.fused_from and run.qa is not None and cfg.qa_head_warmup > 0:
+                warm_student_qa_head(run.task, run.qa, cfg.qa_head_warmup, cfg.seed, info.is_main)
             row = _step(run, batch, s_tok, t_tok, shared)
             clips += batch["video"].shape[0] * info.world_size
             if run.step % cfg.log_every == 0 or run.step == run.total:

@@ -535,6 +535,9 @@ class DistillConfig(LoopConfig):
     freeze_text: bool = True  # keep the student's text tower as initialised (cross-attention and gates train)
     loss: DistillLossConfig = field(default_factory=DistillLossConfig)
     qa_batch_size: int = -1  # QA-split questions per step for the QA head's KL: -1 = batch_size // 2, 0 = none
+    # epochs fitting the student's QA head alone on its fused features of the QA train questions when the fused
+    # terms start (0 = none: the head learns by KL alone)
+    qa_head_warmup: int = 30
 
 
 def load_teacher(path: str | Path) -> tuple[EgoVLPv2, dict[str, Any]]:

@@ -26,9 +26,11 @@ from egovlpv2_edge.compress.distill import (
     affinity_kl,
     build_optimizer_for,
     carried_entries,
+    default_head_hooks,
     distill,
     embedding_cosine,
     fused_layer_outputs,
+    head_pairs,
     hidden_mse,
     init_from_teacher,
     logit_kl,
@@ -556,3 +558,44 @@ def test_student_without_a_head_gets_one_distilled_on_questions_and_resumes_exac
     for key in a["task"]["head"]:
         assert torch.equal(a["task"]["head"][key], b["task"]["head"][key]), key
     assert [r["kd_heads_qa"] for r in _metrics(paused)] == [r["kd_heads_qa"] for r in rows]
+
+
+def test_student_qa_head_warm_start_fits_the_answers_of_the_qa_split(setup, tmp_path) -> None:
+    from egovlpv2_edge.compress._distill_heads import qa_batches, warm_student_qa_head
+    from egovlpv2_edge.tokenizer import Tokenizer
+    from egovlpv2_edge.training.data.qa import read_qa
+    from egovlpv2_edge.training.distributed import DistInfo
+    from egovlpv2_edge.training.tasks._setup import ensure_task_files
+    from egovlpv2_edge.training.tasks.checkpoint import save_finetuned
+    from egovlpv2_edge.training.tasks.heads import QAHead
+
+    torch.manual_seed(0)
+    tok_path = setup["teacher"].parent / "tokenizer.json"
+    answer_set = read_qa(ensure_task_files(setup["data"], "qa.json")).answer_set
+    dropped = answer_set[0]  # an answer the head does not score: its questions are left out of the fit
+    vocab = {"answers": list(answer_set[1:])}
+    teacher, student = create_model("egovlpv2_test"), _student()
+    t_path = save_finetuned(tmp_path / "t.pt", teacher, tok_path, "qa", "fusion", QAHead(32, len(answer_set) - 1),
+                            vocab, {"text_length": 10}, {}, 5)  # fmt: skip
+    hooks = default_head_hooks()
+    t_heads, s_heads = head_pairs(hooks, torch.load(t_path, weights_only=False), teacher, None, student)
+    task = DistillTask(student, teacher, SPECIAL, MASK_ID, DistillLossConfig(), teacher_heads=t_heads,
+                       student_heads=s_heads, hooks=hooks)  # fmt: skip
+    tok = Tokenizer.from_file(tok_path)
+    batches = qa_batches(setup["data"], task, 4, DistInfo(0, 1, 0, torch.device("cpu")), 0, 0, (tok, tok))
+    assert batches is not None
+    labels = [batches.data.items[i].answer for i in range(len(batches.data))]
+    kept = [a for a in labels if a != dropped]
+    majority = max(kept.count(a) for a in set(kept)) / len(kept)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    head_before = {k: v.clone() for k, v in task.heads["qa"].state_dict().items()}
+    accuracy = warm_student_qa_head(task, batches, epochs=150, seed=0, show=False)
+    assert accuracy is not None and accuracy > max(0.5, majority + 0.3), (accuracy, majority)
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())  # the student is not trained
+    assert student.training  # and is left in the mode it was in
+    assert any(not torch.equal(head_before[k], v) for k, v in task.heads["qa"].state_dict().items())
+    # a head with none of the split's answers is left as it was
+    hooks["qa"]._payloads[id(task.heads["qa"])]["vocab"] = {"answers": ["no such answer"]}
+    head_before = {k: v.clone() for k, v in task.heads["qa"].state_dict().items()}
+    assert warm_student_qa_head(task, batches, epochs=5, seed=0, show=False) is None
+    assert all(torch.equal(head_before[k], v) for k, v in task.heads["qa"].state_dict().items())

@@ -204,13 +204,13 @@ class NLQHeadTask(nn.Module):
     """Frozen model + trainable span head."""
 
     def __init__(self, model: EgoVLPv2, hidden: int, layers: int, heads: int, dropout: float = 0.1,
-                 sim_prior: float = 0.0) -> None:  # fmt: skip
+                 sim_prior: float = 0.0, fused: bool = True, query: bool = True) -> None:  # fmt: skip
         super().__init__()
         from egovlpv2_edge.training.tasks.heads import SpanHead
 
         self.model = model
-        self.head = SpanHead(model.cfg.video.width, hidden, layers, heads, dropout, model.cfg.text.width, True,
-                             sim_prior)  # fmt: skip
+        self.head = SpanHead(model.cfg.video.width if fused else 0, hidden, layers, heads, dropout,
+                             model.cfg.text.width if query else 0, True, sim_prior)  # fmt: skip
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Span loss of a padded batch."""
@@ -235,10 +235,11 @@ def _nlq(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, info: DistInfo) -
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
-    feats = extract_features(model, tok, store, clips, cfg.nlq.window_s, cfg.nlq.max_queries, info.is_main,
-                             shard=(info.rank, info.world_size))  # fmt: skip
     n = cfg.nlq
-    task = NLQHeadTask(model, n.hidden, n.layers, n.heads, n.dropout, n.sim_prior).to(device)
+    feats = extract_features(model, tok, store, clips, n.window_s, n.max_queries, info.is_main,
+                             shard=(info.rank, info.world_size), fused=n.fused_features)  # fmt: skip
+    task = NLQHeadTask(model, n.hidden, n.layers, n.heads, n.dropout, n.sim_prior, n.fused_features,
+                       n.query_tokens).to(device)  # fmt: skip
     task.head.train()
 
     def step(run: nn.Module, batch: dict[str, torch.Tensor], i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

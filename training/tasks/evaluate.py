@@ -23,8 +23,9 @@ from torch.utils.data import DataLoader
 
 from egovlpv2_edge.model import EgoVLPv2
 from egovlpv2_edge.tokenizer import Tokenizer
+from egovlpv2_edge.training.evaluate import paired_drop
 from egovlpv2_edge.training.tasks.checkpoint import FinetunedRun
-from egovlpv2_edge.training.tasks.metrics import mir_map, mir_ndcg, qa_accuracy, recall_at_iou
+from egovlpv2_edge.training.tasks.metrics import mir_map, mir_ndcg, qa_accuracy, recall_hits
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +241,9 @@ def evaluate_nlq(run: FinetunedRun, annotations: str | Path, video_root: str | P
     window = float(run.params.get("window_s", 2.0))
     clips = read_nlq(annotations)
     store = ChunkedVideoStore(video_root, chunk_seconds, fps)
-    feats = extract_features(run.model, run.tokenizer, store, clips, window, max_queries)
+    config = run.head.config()
+    fused = bool(config.get("in_dim", 1))  # a head without per-window features needs no fused pass
+    feats = extract_features(run.model, run.tokenizer, store, clips, window, max_queries, fused=fused)
     if not feats:
         raise ValueError(f"{annotations} has no usable query")
     longest = int(run.params.get("max_windows", 0))  # 0 (older checkpoints): spans of any length
@@ -256,15 +259,23 @@ def evaluate_nlq(run: FinetunedRun, annotations: str | Path, video_root: str | P
     gts = np.asarray([f.gt for f in feats])
     length = float(run.params.get("mean_train_span_s") or (gts[:, 1] - gts[:, 0]).mean())
     table = EvalTable(f"NLQ ({len(feats)} queries, {window:g}-s windows, spans of at most {longest or 'any'} windows)")
-    table.add("span head (fused features + query)", recall_at_iou(ranked(run.head), gts))
-    config = run.head.config()
+    reads = [w for w, on in (("fused features", fused), ("query", config.get("text_dim")),
+                             ("similarity", config.get("use_sim"))) if on]  # fmt: skip
+    rows = {f"span head ({' + '.join(reads)})": ranked(run.head)}
     if config.get("sim_prior"):
         from egovlpv2_edge.training.tasks.heads import build_head
 
         untrained = build_head(config).eval()  # the same head before training: the similarity prior alone
-        table.add("the head untrained (similarity prior)", recall_at_iou(ranked(untrained), gts))
-    table.add(f"fixed {length:.1f}-s windows", recall_at_iou([fixed_window_baseline(f.duration, length) for f in feats],
-                                                            gts))  # fmt: skip
-    table.add("dual similarity, top 5 windows", recall_at_iou([_top_windows(f.sim, window, f.duration) for f in feats],
-                                                               gts))  # fmt: skip
+        rows["the head untrained (similarity prior)"] = ranked(untrained)
+    rows[f"fixed {length:.1f}-s windows"] = [fixed_window_baseline(f.duration, length) for f in feats]
+    rows["dual similarity, top 5 windows"] = [_top_windows(f.sim, window, f.duration) for f in feats]
+    hits = {name: recall_hits(preds, gts) for name, preds in rows.items()}
+    for name, h in hits.items():
+        table.add(name, {metric: 100.0 * float(v.mean()) for metric, v in h.items()})
+    head, *others = hits
+    table.notes.append("span head minus each baseline, points (95% interval from the per-query differences):")
+    for other in others:
+        diffs = (f"{m} {d:+.1f} +- {w:.1f}" for m, (d, w) in
+                 ((m, paired_drop(hits[head][m], hits[other][m])) for m in hits[head]))  # fmt: skip
+        table.notes.append(f"  - {other}: " + "; ".join(diffs))
     return table

@@ -94,6 +94,12 @@ class NLQConfig:
     # start/end logits begin as this weight (learned) times each window's standardised dual similarity to the
     # query, and the head learns a correction on top (0 = the head alone, which has to learn the ranking too)
     sim_prior: float = 3.0
+    # the head reads each window's fused features (the query fused with the window, as in the reference) and
+    # attends to the query's dual-mode token states. Off by default: on a teacher whose fused side stayed at chance
+    # (every CPU teacher here) both are only something to overfit, and the head reads window positions and the
+    # similarity alone (the fused pass is then skipped); turn both on with a teacher whose VTM learned
+    fused_features: bool = False
+    query_tokens: bool = False
     lr: float = 1e-3  # head learning rate (the backbone is frozen)
     max_queries: int = 0  # cap on training queries (0 = all)
 

@@ -101,7 +101,8 @@ class SpanHead(nn.Module):
     """Start/end logits over a sequence of per-window features.
 
     Args:
-        in_dim: Feature width D.
+        in_dim: Feature width D (0 = the head reads no per-window features: window positions, the similarity and
+            the query only).
         hidden: Width inside the head.
         layers: Transformer encoder layers.
         heads: Attention heads.
@@ -121,7 +122,7 @@ class SpanHead(nn.Module):
             raise ValueError(f"sim_prior={sim_prior} needs use_sim=True (the prior is the query-window similarity)")
         self.args = {"in_dim": in_dim, "hidden": hidden, "layers": layers, "heads": heads, "dropout": dropout,
                      "text_dim": text_dim, "use_sim": use_sim, "sim_prior": sim_prior}  # fmt: skip
-        self.proj = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden))
+        self.proj = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden)) if in_dim else None
         self.text_proj = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, hidden)) if text_dim else None
         self.query_attn = nn.MultiheadAttention(hidden, heads, dropout, batch_first=True) if text_dim else None
         self.sim_proj = nn.Linear(1, hidden) if use_sim else None
@@ -149,7 +150,7 @@ class SpanHead(nn.Module):
         """Start and end logits ``(B, N)``.
 
         Args:
-            x: Per-window features ``(B, N, D)``.
+            x: Per-window features ``(B, N, D)`` (``D`` may be 0 for a head built with ``in_dim=0``).
             mask: Validity ``(B, N)`` (True = real window); padded windows get a large negative logit, so a
                 softmax over N never picks them.
             text: The query's token states ``(B, L, Dt)`` (needed when the head was built with ``text_dim``).
@@ -159,7 +160,9 @@ class SpanHead(nn.Module):
         """
         z = None
         B, N, _ = x.shape
-        h = self.proj(x) + sinusoid(N, self.args["hidden"], x.device)  # (B, N, H)
+        h = sinusoid(N, self.args["hidden"], x.device).expand(B, N, -1)  # (B, N, H)
+        if self.proj is not None:
+            h = h + self.proj(x)
         if self.query_attn is not None and self.text_proj is not None:
             if text is None or text_mask is None:
                 raise ValueError("this span head reads the query: pass text (B, L, Dt) and text_mask (B, L)")

@@ -25,6 +25,7 @@ __all__ = [
     "mir_ndcg",
     "qa_accuracy",
     "recall_at_iou",
+    "recall_hits",
     "relevancy_matrix",
     "span_iou",
 ]
@@ -144,15 +145,26 @@ def recall_at_iou(
     Returns:
         ``{"R@1 IoU=0.3": ..., ...}`` in percent.
     """
+    hits = recall_hits(preds, gts, ks, ious)
+    return {name: 100.0 * float(hit.mean()) if hit.size else 0.0 for name, hit in hits.items()}
+
+
+def recall_hits(
+    preds: Sequence[np.ndarray], gts: np.ndarray, ks: Sequence[int] = (1, 5), ious: Sequence[float] = (0.3, 0.5)
+) -> dict[str, np.ndarray]:
+    """Per query, whether a top-k window reaches IoU >= m (what :func:`recall_at_iou` averages), for paired tests.
+
+    Returns:
+        ``{"R@1 IoU=0.3": bool array (Q,), ...}``.
+    """
     gts = np.asarray(gts, dtype=np.float64).reshape(-1, 2)
     if len(preds) != len(gts):
         raise ValueError(f"{len(preds)} predictions for {len(gts)} queries")
     out = {}
     for m in ious:
         for k in ks:
-            hit = [bool((span_iou(np.asarray(p)[:k].reshape(-1, 2), g) >= m).any())
-                   for p, g in zip(preds, gts, strict=True)]
-            out[f"R@{k} IoU={m}"] = 100.0 * float(np.mean(hit)) if hit else 0.0
+            out[f"R@{k} IoU={m}"] = np.asarray([bool((span_iou(np.asarray(p)[:k].reshape(-1, 2), g) >= m).any())
+                                                for p, g in zip(preds, gts, strict=True)], dtype=bool)  # fmt: skip
     return out
 
 

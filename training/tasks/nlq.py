@@ -105,8 +105,11 @@ def query_features(model: EgoVLPv2, tokens: torch.Tensor, text: torch.Tensor, ma
 
 def extract_features(model: EgoVLPv2, tokenizer: Tokenizer, store: ChunkedVideoStore, clips: Sequence[NLQClip],
                      window_s: float, max_queries: int = 0, progress: bool = True,
-                     shard: tuple[int, int] = (0, 1)) -> list[QueryFeatures]:  # fmt: skip
+                     shard: tuple[int, int] = (0, 1), fused: bool = True) -> list[QueryFeatures]:  # fmt: skip
     """Frozen-backbone features of every query of ``clips`` (at most ``max_queries`` in all when > 0).
+
+    With ``fused=False`` the fused pass (the top layers once per query and window, most of the cost) is skipped
+    and ``features`` is empty ``(N, 0)``: for a span head that reads only the similarity, positions and query.
 
     With ``shard=(rank, world)`` inside a process group, each process computes the queries of every
     ``world``-th video and all of them end up with the whole list, in the same order as one process.
@@ -125,7 +128,7 @@ def extract_features(model: EgoVLPv2, tokenizer: Tokenizer, store: ChunkedVideoS
         if cached is None or cached[0] != clip.clip_uid:
             cached = (clip.clip_uid, *window_tokens(model, store, clip, window_s))
         text, mask = query_lower(model, tokenizer, q.query)
-        feats = query_features(model, cached[1], text, mask)
+        feats = query_features(model, cached[1], text, mask) if fused else cached[1].new_zeros(len(cached[1]), 0)
         states, emb = query_text(model, text, mask)
         sim = cached[2] @ emb  # (N,)
         out.append((i, QueryFeatures(feats.cpu(), (q.start, q.end), clip.duration, q.query, clip.clip_uid,

@@ -127,7 +127,8 @@ def test_retrieval_finetune_with_the_text_backbone_locked(small_data, pretrained
 
 
 def test_nlq_finetune_trains_only_the_head_and_evaluates(small_data, pretrained, tmp_path, capsys) -> None:
-    ckpt = _finetune("nlq", small_data, tmp_path / "nlq", pretrained, "max_steps=3", "nlq.hidden=16")
+    ckpt = _finetune("nlq", small_data, tmp_path / "nlq", pretrained, "max_steps=3", "nlq.hidden=16",
+                     "nlq.fused_features=true", "nlq.query_tokens=true")  # fmt: skip
     before = torch.load(pretrained, weights_only=True)["model"]
     after = torch.load(ckpt, weights_only=True)
     assert all(torch.equal(before[k], after["model"][k]) for k in before)  # frozen backbone
@@ -139,6 +140,23 @@ def test_nlq_finetune_trains_only_the_head_and_evaluates(small_data, pretrained,
     text = capsys.readouterr().out
     assert "R@1 IoU=0.3" in text and "R@5 IoU=0.5" in text and "fixed" in text and "dual similarity" in text
     assert "the head untrained (similarity prior)" in text
+    assert "span head (fused features + query + similarity)" in text
+
+
+def test_nlq_head_by_default_skips_the_fused_pass(small_data, pretrained, tmp_path, capsys, monkeypatch) -> None:
+    from egovlpv2_edge.training.tasks import nlq
+
+    fused_calls = []
+    real = nlq.query_features
+    monkeypatch.setattr(nlq, "query_features", lambda *a, **k: fused_calls.append(1) or real(*a, **k))
+    ckpt = _finetune("nlq", small_data, tmp_path / "nlq", pretrained, "max_steps=3", "nlq.hidden=16")  # defaults
+    config = torch.load(ckpt, weights_only=True)["task"]["head_config"]
+    assert config["in_dim"] == 0 and config["text_dim"] == 0 and config["use_sim"]
+    capsys.readouterr()
+    assert eval_main(["--task", "nlq", "--checkpoint", str(ckpt), "--data", str(small_data), "--split", "val"]) == 0
+    out = capsys.readouterr().out
+    assert "span head (similarity)" in out and "span head minus each baseline" in out
+    assert not fused_calls  # neither fine-tuning nor evaluation ran the fused layers
 
 
 def test_zeroshot_and_egomcq_evals(small_data, pretrained, capsys) -> None:

@@ -12,6 +12,7 @@ from egovlpv2_edge.training.tasks.metrics import (
     mir_ndcg,
     qa_accuracy,
     recall_at_iou,
+    recall_hits,
     relevancy_matrix,
     span_iou,
 )
@@ -66,6 +67,10 @@ def test_span_iou_and_recall_at_iou_by_hand() -> None:
     # query 0: top-1 IoU 1/3 (>= 0.3, < 0.5), top-2 has IoU 1; query 1: top-1 IoU 1/3
     assert r["R@1 IoU=0.3"] == 100.0 and r["R@1 IoU=0.5"] == 0.0
     assert r["R@5 IoU=0.3"] == 100.0 and r["R@5 IoU=0.5"] == 50.0
+    hits = recall_hits(preds, gts, ks=(1, 5), ious=(0.3, 0.5))  # the per-query outcomes behind them
+    assert hits["R@5 IoU=0.5"].tolist() == [True, False] and hits["R@1 IoU=0.5"].tolist() == [False, False]
+    with pytest.raises(ValueError, match="2 predictions for 1 queries"):
+        recall_hits(preds, gts[:1])
 
 
 def test_qa_accuracy_by_hand() -> None:

@@ -182,6 +182,32 @@ def test_span_head_with_a_similarity_prior_starts_as_the_similarity_ranking() ->
         SpanHead(8, 16, sim_prior=3.0)
 
 
+def test_span_head_without_window_features_reads_positions_and_similarity() -> None:
+    torch.manual_seed(0)
+    head = SpanHead(0, 16, 1, 2, 0.0, use_sim=True, sim_prior=3.0)
+    assert head.proj is None and build_head(head.config()).args["in_dim"] == 0
+    sim = torch.tensor([[0.1, 0.4, 0.1, 0.0]])
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    start, end = head.eval()(torch.zeros(1, 4, 0), mask, sim=sim)  # untrained: the similarity ranking
+    torch.testing.assert_close(start, torch.tensor([[-1.0, 5.0, -1.0, -3.0]]), atol=1e-4, rtol=1e-4)
+    # trained, it learns where spans start and end from positions alone: targets always at windows 1 and 2,
+    # whatever the similarity says
+    head.train()
+    gen = torch.Generator().manual_seed(0)
+    opt = torch.optim.AdamW(head.parameters(), lr=3e-3)
+    for _ in range(200):
+        sim = torch.randn(32, 6, generator=gen)
+        start, end = head(torch.zeros(32, 6, 0), torch.ones(32, 6, dtype=torch.bool), sim=sim)
+        loss = span_loss(start, end, torch.full((32,), 1), torch.full((32,), 2))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        start, end = head.eval()(torch.zeros(64, 6, 0), torch.ones(64, 6, dtype=torch.bool), sim=torch.randn(64, 6))
+    hits = float((start.argmax(-1) == 1).float().mean()), float((end.argmax(-1) == 2).float().mean())
+    assert min(hits) > 0.9, hits
+
+
 def test_fusion_stream_from_dual_gives_the_fused_pass_the_dual_clip_tokens() -> None:
     model = create_model("egovlpv2_test").eval()
     with torch.no_grad():
