@@ -154,6 +154,15 @@ def head_pairs(
     return t_heads, s_heads
 
 
+def fresh_qa_head(student_heads: Mapping[str, nn.Module], student_ckpt: Mapping[str, Any] | None) -> bool:
+    """Whether the student distils a QA head its init checkpoint did not carry (a fresh one, see ``head_pairs``)."""
+    from egovlpv2_edge.training.tasks.checkpoint import qa_task_head
+
+    if QA_HEAD not in student_heads:
+        return False
+    return student_ckpt is None or qa_task_head(student_ckpt.get("task")) is None
+
+
 # ----- QA questions -------------------------------------------------------------------------------------------------
 
 

@@ -58,6 +58,7 @@ class Run:
     out: Path
     total: int
     qa: QABatches | None = None  # QA questions for the QA head's KL, one batch per step
+    warm_qa: bool = False  # fit the (fresh) student QA head on the questions when the fused terms start
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -151,7 +152,7 @@ def loop(
         loader = DataLoader(data, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
                             worker_init_fn=_worker_init, generator=seeds)  # fmt: skip
         for batch in loader:
-            if run.step == run.task.fused_from and run.qa is not None and cfg.qa_head_warmup > 0:
+            if run.warm_qa and run.qa is not None and run.step == run.task.fused_from:
                 warm_student_qa_head(run.task, run.qa, cfg.qa_head_warmup, cfg.seed, info.is_main)
             row = _step(run, batch, s_tok, t_tok, shared)
             clips += batch["video"].shape[0] * info.world_size

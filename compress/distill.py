@@ -51,6 +51,7 @@ from egovlpv2_edge.compress._distill_heads import (
     HeadHook,
     QABatches,
     default_head_hooks,
+    fresh_qa_head,
     head_pairs,
     qa_batches,
     question_head_kl,
@@ -535,8 +536,8 @@ class DistillConfig(LoopConfig):
     freeze_text: bool = True  # keep the student's text tower as initialised (cross-attention and gates train)
     loss: DistillLossConfig = field(default_factory=DistillLossConfig)
     qa_batch_size: int = -1  # QA-split questions per step for the QA head's KL: -1 = batch_size // 2, 0 = none
-    # epochs fitting the student's QA head alone on its fused features of the QA train questions when the fused
-    # terms start (0 = none: the head learns by KL alone)
+    # epochs fitting a fresh student QA head (one its init did not carry) alone on its fused features of the QA
+    # train questions when the fused terms start (0 = none: the head learns by KL alone)
     qa_head_warmup: int = 30
 
 
@@ -718,7 +719,8 @@ def distill(cfg: DistillConfig, hooks: Mapping[str, HeadHook] | None = None) -> 
     opt = build_optimizer_for(task, cfg.optim)
     sched = cosine_schedule(opt, total, cfg.optim.warmup)
     scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.amp == "fp16")
-    run = Run(cfg, info, task, ddp, opt, sched, scaler, out, total, qa=qa)
+    run = Run(cfg, info, task, ddp, opt, sched, scaler, out, total, qa=qa,
+              warm_qa=cfg.qa_head_warmup > 0 and fresh_qa_head(s_heads, s_ckpt))  # fmt: skip
     if cfg.resume and (out / "last.pt").is_file():
         resume(run, out / "last.pt")
     elif info.is_main:

@@ -83,9 +83,10 @@ def _scale(demo: Demo) -> float:
 
 
 def _distill_estimate(demo: Demo) -> float:
-    """Seconds of distillation: dual-only steps cost about a quarter of full ones on this CPU."""
+    """Seconds of distillation: dual-only steps cost about a quarter of full ones on this CPU; the student's QA
+    head warm start (one pass over the QA train questions) about 25 s."""
     dual = round(demo.distill_fused_start * demo.distill_steps)
-    return (0.6 * dual + 2.5 * (demo.distill_steps - dual)) * _scale(demo) + 15
+    return (0.6 * dual + 2.5 * (demo.distill_steps - dual)) * _scale(demo) + 15 + 25 * _scale(demo)
 
 
 def _pretrain_estimate(demo: Demo) -> float:

@@ -525,14 +525,16 @@ def test_qa_head_kl_on_questions_is_zero_for_a_copy_and_trains_a_fresh_student_h
     assert fresh.net[0].weight.grad is not None and fresh.net[0].weight.grad.abs().sum() > 0
 
 
-def test_student_without_a_head_gets_one_distilled_on_questions_and_resumes_exactly(setup, tmp_path) -> None:
+def test_student_without_a_head_gets_one_distilled_on_questions_and_resumes_exactly(setup, tmp_path, caplog) -> None:
     from egovlpv2_edge.compress.export import check_qa_head, checkpoint_qa_head
+    from egovlpv2_edge.training.data.qa import read_qa
+    from egovlpv2_edge.training.tasks._setup import ensure_task_files
     from egovlpv2_edge.training.tasks.checkpoint import load_finetuned, save_finetuned
     from egovlpv2_edge.training.tasks.heads import QAHead
 
     tok = setup["teacher"].parent / "tokenizer.json"
-    vocab = {"answers": ["cup", "bowl", "knife"]}
-    t_head = QAHead(32, 3)
+    vocab = {"answers": list(read_qa(ensure_task_files(setup["data"], "qa.json")).answer_set)}  # the split's answers
+    t_head = QAHead(32, len(vocab["answers"]))
     with torch.no_grad():
         for p in t_head.parameters():
             p.normal_(0.0, 1.0)
@@ -540,14 +542,16 @@ def test_student_without_a_head_gets_one_distilled_on_questions_and_resumes_exac
                             {"text_length": 10}, {}, 5)  # fmt: skip
     common = [c for c in _common(setup) if not c.startswith("teacher=")] + [f"teacher={t_path}", "max_steps=3"]
     straight = tmp_path / "straight"
-    final = distill(resolve(DistillConfig, None, common + [f"out={straight}"]))
+    with caplog.at_level("INFO", logger="egovlpv2_edge.compress._distill_heads"):
+        final = distill(resolve(DistillConfig, None, common + [f"out={straight}"]))
+    assert "student QA head warm start: 30 epochs" in caplog.text  # the fresh head is fitted first
     rows = _metrics(straight)
     assert all(r["kd_heads_qa"] > 0 and r["kd_heads"] > r["kd_heads_qa"] for r in rows)
     run = load_finetuned(final, expect="qa")
     assert run.head is not None and run.head.in_dim == 16 and run.vocab == vocab and run.mode == "fusion"
     assert run.params == {"text_length": 10}
     qa = checkpoint_qa_head(final)  # what `egovlp compress export --checkpoint student.pt` exports
-    assert qa is not None and qa.answers == ("cup", "bowl", "knife")
+    assert qa is not None and qa.answers == tuple(vocab["answers"])
     check_qa_head(run.model, qa.head)
     paused = tmp_path / "paused"
     assert distill(resolve(DistillConfig, None, common + [f"out={paused}", "stop_at=2"])).name == "last.pt"
@@ -561,7 +565,7 @@ def test_student_without_a_head_gets_one_distilled_on_questions_and_resumes_exac
 
 
 def test_student_qa_head_warm_start_fits_the_answers_of_the_qa_split(setup, tmp_path) -> None:
-    from egovlpv2_edge.compress._distill_heads import qa_batches, warm_student_qa_head
+    from egovlpv2_edge.compress._distill_heads import fresh_qa_head, qa_batches, warm_student_qa_head
     from egovlpv2_edge.tokenizer import Tokenizer
     from egovlpv2_edge.training.data.qa import read_qa
     from egovlpv2_edge.training.distributed import DistInfo
@@ -578,7 +582,10 @@ def test_student_qa_head_warm_start_fits_the_answers_of_the_qa_split(setup, tmp_
     t_path = save_finetuned(tmp_path / "t.pt", teacher, tok_path, "qa", "fusion", QAHead(32, len(answer_set) - 1),
                             vocab, {"text_length": 10}, {}, 5)  # fmt: skip
     hooks = default_head_hooks()
-    t_heads, s_heads = head_pairs(hooks, torch.load(t_path, weights_only=False), teacher, None, student)
+    t_ckpt = torch.load(t_path, weights_only=False)
+    t_heads, s_heads = head_pairs(hooks, t_ckpt, teacher, None, student)
+    assert fresh_qa_head(s_heads, None) and not fresh_qa_head({}, None)
+    assert not fresh_qa_head(s_heads, t_ckpt)  # a student init that carries a QA head keeps it as it is
     task = DistillTask(student, teacher, SPECIAL, MASK_ID, DistillLossConfig(), teacher_heads=t_heads,
                        student_heads=s_heads, hooks=hooks)  # fmt: skip
     tok = Tokenizer.from_file(tok_path)

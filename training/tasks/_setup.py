@@ -253,7 +253,8 @@ def _nlq(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, info: DistInfo) -
     # decoding keeps spans no longer than any train target
     params = {"window_s": cfg.nlq.window_s, "mean_train_span_s": float(np.mean(lengths)) if lengths else 0.0,
               "max_windows": int(max(windows, default=0))}  # fmt: skip
-    return TaskSetup(task, _FeatureSet(feats), collate, step, {}, params, task.head, "fusion")
+    return TaskSetup(task, _FeatureSet(feats), collate, step, {}, params, task.head,
+                     "fusion" if n.fused_features else "dual")  # fmt: skip
 
 
 def build(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, info: DistInfo) -> TaskSetup:

@@ -133,6 +133,7 @@ def test_nlq_finetune_trains_only_the_head_and_evaluates(small_data, pretrained,
     after = torch.load(ckpt, weights_only=True)
     assert all(torch.equal(before[k], after["model"][k]) for k in before)  # frozen backbone
     assert after["task"]["head_config"]["kind"] == "span" and after["task"]["params"]["window_s"] == 2.0
+    assert after["task"]["mode"] == "fusion"
     assert after["task"]["head_config"]["text_dim"] > 0 and after["task"]["head_config"]["use_sim"]  # reads the query
     assert after["task"]["head_config"]["sim_prior"] == 3.0 and after["task"]["params"]["max_windows"] >= 1
     capsys.readouterr()
@@ -150,8 +151,10 @@ def test_nlq_head_by_default_skips_the_fused_pass(small_data, pretrained, tmp_pa
     real = nlq.query_features
     monkeypatch.setattr(nlq, "query_features", lambda *a, **k: fused_calls.append(1) or real(*a, **k))
     ckpt = _finetune("nlq", small_data, tmp_path / "nlq", pretrained, "max_steps=3", "nlq.hidden=16")  # defaults
-    config = torch.load(ckpt, weights_only=True)["task"]["head_config"]
-    assert config["in_dim"] == 0 and config["text_dim"] == 0 and config["use_sim"]
+    task = torch.load(ckpt, weights_only=True)["task"]
+    head = task["head_config"]
+    assert head["in_dim"] == 0 and head["text_dim"] == 0 and head["use_sim"]
+    assert task["mode"] == "dual"  # it reads dual-mode similarities only
     capsys.readouterr()
     assert eval_main(["--task", "nlq", "--checkpoint", str(ckpt), "--data", str(small_data), "--split", "val"]) == 0
     out = capsys.readouterr().out
