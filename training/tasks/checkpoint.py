@@ -75,15 +75,20 @@ def _tokenizer(ckpt: dict[str, Any], path: Path, max_length: int, tokenizer: str
     return Tokenizer.from_file(beside, max_length=max_length)
 
 
-def load_backbone(path: str | Path, tokenizer: str | Path | None = None) -> tuple[EgoVLPv2, Tokenizer]:
+def load_backbone(path: str | Path, tokenizer: str | Path | None = None,
+                  num_frames: int = 0) -> tuple[EgoVLPv2, Tokenizer]:  # fmt: skip
     """A model (eval mode) and its tokenizer from a pre-trained or fine-tuned checkpoint.
 
     The tokenizer is ``tokenizer`` when given, else the one embedded in the checkpoint, else ``tokenizer.json``
-    beside it.
+    beside it. ``num_frames`` > 0 builds the model for that many frames per clip (the checkpoint's temporal
+    embedding is interpolated or truncated to it).
     """
     path = Path(path)
     ckpt = _read(path)
-    model = EgoVLPv2(ModelConfig.from_dict(ckpt["config"]))
+    config = ckpt["config"]
+    if num_frames > 0:
+        config = {**config, "video": {**config["video"], "num_frames": int(num_frames)}}
+    model = EgoVLPv2(ModelConfig.from_dict(config))
     load_checkpoint(model, path)
     return model.eval(), _tokenizer(ckpt, path, model.cfg.text.max_length, tokenizer)
 

@@ -114,6 +114,9 @@ class FinetuneConfig:
     init: str = ""  # pre-trained checkpoint (teacher.pt; tokenizer embedded or beside it); "" = fresh preset
     preset: str = "egovlpv2_small"  # model preset when init is empty
     model: dict[str, Any] = field(default_factory=dict)  # preset overrides when init is empty
+    # frames per clip (0 = the starting model's): the reference fine-tunes QA and retrieval on 16 frames of a model
+    # pre-trained on 4; the temporal embedding is interpolated to the new count, and the checkpoint keeps it
+    frames: int = 0
     batch_size: int = 8
     epochs: int = 1
     max_steps: int = 0  # length of the run in steps (0 = all epochs)
@@ -142,14 +145,17 @@ def _autocast(amp: str, device: torch.device) -> Any:
 def _backbone(cfg: FinetuneConfig, out: Path, main: bool) -> tuple[nn.Module, Tokenizer]:
     """The starting model and tokenizer; the main process saves the tokenizer as ``out/tokenizer.json``."""
     if cfg.init:
-        model, tok = load_backbone(cfg.init)
+        model, tok = load_backbone(cfg.init, num_frames=cfg.frames)
         if main:
             tok.save(out / "tokenizer.json")
         return model, tok
     from egovlpv2_edge.training.text import load_or_train_tokenizer
 
     log.warning("no init= checkpoint: fine-tuning a freshly initialised %s (pass init=<teacher.pt>)", cfg.preset)
-    model = create_model(cfg.preset, **cfg.model)
+    overrides = dict(cfg.model)
+    if cfg.frames:
+        overrides["video"] = {**overrides.get("video", {}), "num_frames": cfg.frames}
+    model = create_model(cfg.preset, **overrides)
     tok = load_or_train_tokenizer(model.cfg.text, Path(cfg.data) / "egoclip.csv", out / "tokenizer.json", main)
     return model, tok
 

@@ -105,6 +105,17 @@ def test_qa_train_fusion_keeps_the_dual_encoders(small_data, pretrained, tmp_pat
         assert train_main(args) == 2 and msg in capsys.readouterr().err
 
 
+def test_qa_finetune_on_more_frames_than_pre_training(small_data, pretrained, tmp_path, capsys) -> None:
+    ckpt = _finetune("qa", small_data, tmp_path / "qa", pretrained, "max_steps=2", "frames=4")  # pre-trained on 2
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert raw["config"]["video"]["num_frames"] == 4 and raw["model"]["video.temporal_embed"].shape[1] == 4
+    run = load_finetuned(ckpt, expect="qa")
+    assert run.model.cfg.video.num_frames == 4
+    capsys.readouterr()
+    assert eval_main(["--task", "qa", "--checkpoint", str(ckpt), "--data", str(small_data)]) == 0  # reads 4 frames
+    assert "model (fusion head)" in capsys.readouterr().out
+
+
 def test_retrieval_finetune_and_eval_against_zero_shot(small_data, pretrained, tmp_path, capsys) -> None:
     ckpt = _finetune("retrieval", small_data, tmp_path / "ret", pretrained, "max_steps=2")
     assert load_finetuned(ckpt).task == "retrieval"
