@@ -206,14 +206,15 @@ def retrieval_metrics(model: EgoVLPv2, tokenizer: Tokenizer, data: str | Path, s
 
 def evaluate_retrieval(run: FinetunedRun, data: str | Path, split: str = "test", baseline: str | Path | None = None
                        ) -> EvalTable:  # fmt: skip
-    """Fine-tuned retrieval against the pre-trained zero-shot model and random scores."""
+    """Fine-tuned retrieval against the pre-trained zero-shot model (on the fine-tuned model's frames per clip) and
+    random scores."""
     from egovlpv2_edge.training.tasks.checkpoint import load_backbone
 
     table = EvalTable(f"retrieval, EK-100 MIR metrics ({split} split)")
     table.add("fine-tuned (dual)", retrieval_metrics(run.model, run.tokenizer, data, split))
     base = baseline or run.run_config.get("init") or None
     if base and Path(base).is_file():
-        model, tok = load_backbone(base)
+        model, tok = load_backbone(base, num_frames=run.model.cfg.video.num_frames)
         table.add("pre-trained, zero-shot", retrieval_metrics(model, tok, data, split))
     else:
         table.notes.append("no pre-trained checkpoint found for the zero-shot row (pass --baseline)")

@@ -1,13 +1,13 @@
-"""Natural-language grounding (EgoNLQ style, reference §3): fused per-window features and a span head.
+"""Natural-language grounding (EgoNLQ style, reference §3): per-window features of a long video and a span head.
 
-As in the reference the backbone is frozen and fusion features are used: a clip is cut into consecutive
-windows of ``window_s`` seconds (F frames each); the lower layers run once per window
-(:func:`window_tokens`, which also gives each window's dual-mode embedding), then for each query the top layers
-run fused with the query over every window (:func:`query_features`), giving one fusion-normed video CLS per
-window ``(N, Dv)``. Like VSLNet, the head also reads the query's dual-mode token states, and each window's
-dual-mode similarity to the query. A :class:`~egovlpv2_edge.training.tasks.heads.SpanHead` predicts start and
-end windows (cross-entropy on both, VSLNet style); :func:`decode_spans` turns the logits into ranked windows in
-seconds.
+As in the reference the backbone is frozen: a clip is cut into consecutive windows of ``window_s`` seconds
+(F frames each); the lower layers run once per window (:func:`window_tokens`, which also gives each window's
+dual-mode embedding, hence its similarity to a query). With fused features (the reference's input), for each
+query the top layers run fused with the query over every window (:func:`query_features`), giving one
+fusion-normed video CLS per window ``(N, Dv)``; like VSLNet, the head may also read the query's dual-mode token
+states. A :class:`~egovlpv2_edge.training.tasks.heads.SpanHead` over the windows (their positions, their
+similarity to the query and whichever of those it was built to read) predicts start and end windows
+(cross-entropy on both, VSLNet style); :func:`decode_spans` turns the logits into ranked windows in seconds.
 """
 
 from __future__ import annotations

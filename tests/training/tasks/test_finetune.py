@@ -116,6 +116,20 @@ def test_qa_finetune_on_more_frames_than_pre_training(small_data, pretrained, tm
     assert "model (fusion head)" in capsys.readouterr().out
 
 
+def test_retrieval_zero_shot_row_reads_the_fine_tuned_frame_count(small_data, pretrained, tmp_path,
+                                                                   monkeypatch) -> None:  # fmt: skip
+    from egovlpv2_edge.training.tasks import evaluate as ev
+
+    ckpt = _finetune("retrieval", small_data, tmp_path / "ret", pretrained, "max_steps=1", "frames=3")
+    frames = []
+    real = ev.retrieval_metrics
+    monkeypatch.setattr(ev, "retrieval_metrics", lambda model, *a, **k: frames.append(model.cfg.video.num_frames)
+                        or real(model, *a, **k))  # fmt: skip
+    table = ev.evaluate_retrieval(load_finetuned(ckpt), small_data)
+    assert [name for name, _ in table.rows] == ["fine-tuned (dual)", "pre-trained, zero-shot", "random scores"]
+    assert frames == [3, 3, 3]  # the pre-trained model (2 frames) is scored on 3 frames, as the fine-tuned one
+
+
 def test_retrieval_finetune_and_eval_against_zero_shot(small_data, pretrained, tmp_path, capsys) -> None:
     ckpt = _finetune("retrieval", small_data, tmp_path / "ret", pretrained, "max_steps=2")
     assert load_finetuned(ckpt).task == "retrieval"
