@@ -74,7 +74,8 @@ def _stream(demo: Any) -> list[str]:
         f"({len(s['pieces'])} videos) indexed in {s['wall_seconds']:.1f} s: real-time factor "
         f"{s['realtime_factor']:.1f}x; {s['clips']} clips ({s['clips_per_s']:.1f}/s), dropped {s['frames_dropped']} "
         f"frames and {s['clips_dropped']} clips; end-to-end latency p50 {e2e.get('p50', float('nan')):.0f} ms, "
-        f"p95 {e2e.get('p95', float('nan')):.0f} ms; RSS {s['rss_mib']:.0f} MiB; providers {s['providers']}",
+        f"p95 {e2e.get('p95', float('nan')):.0f} ms; RSS {s['rss_mib']:.0f} MiB (the demo's own process: after "
+        f"the training stages it also holds PyTorch); providers {s['providers']}",
         "",
         "Searches (gates off; a hit overlaps a real occurrence of the narration in the day):",
     ]
