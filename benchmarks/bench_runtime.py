@@ -8,7 +8,10 @@ Prints a table with
   share of the video's duration (below 100% = faster than real time);
 * ``search`` latency p50/p95 over ``--clips`` stored clips (exact cosine top-10 over the fp16 vector file, with
   SQLite metadata), beside faiss-cpu's ``IndexFlatIP`` on the same vectors ("not installed" without faiss);
-* ``ask`` latency p95 with the fused layers over 5 clips' cached tokens and 3 choices (texts not cached).
+* ``ask`` latency p95 with the fused layers over 5 clips' cached tokens and 3 choices (texts not cached);
+* the peak resident memory of the streaming process: the stream runs in a fresh interpreter that imports only the
+  runtime (as on the device), so its peak is the runtime's own (package sessions, decoder, queues, index), and the
+  row says whether PyTorch was imported there.
 
 Without ``--package`` a package of the tiny ``egovlpv2_test`` preset is exported (needs torch); without
 ``--video`` a synthetic first-person video is rendered (``egovlp data synth``, one video).
@@ -24,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -61,6 +65,50 @@ def stream_share(package: Path, video: Path, index: Path) -> tuple[float, float,
         seconds = time.perf_counter() - t0
         stats = rt.stats()
     return duration, seconds, stats.stream.clips_indexed, stats.latency
+
+
+def _stream_child(package: Path, video: Path, index: Path, out: Any) -> None:
+    """:func:`stream_share` in a fresh interpreter; sends back its result, peak RSS (bytes) and whether torch loaded."""
+    result = stream_share(package, video, index)
+    out.send((result, _peak_rss(), "torch" in sys.modules))
+    out.close()
+
+
+def _peak_rss() -> int:
+    """This process's peak resident memory in bytes: Linux ``VmHWM`` (the high-water mark of its own address space;
+    ``ru_maxrss`` would also count the parent's resident memory at the fork before the child's exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def stream_in_fresh_process(
+    package: Path, video: Path, index: Path
+) -> tuple[tuple[float, float, int, dict], int, bool]:
+    """(:func:`stream_share`'s result, the streaming process's peak RSS in bytes, whether it imported torch)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # a fresh interpreter: nothing this process imported (torch) is in it
+    recv, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_stream_child, args=(package, video, index, send))
+    child.start()
+    send.close()
+    try:
+        got = recv.recv()
+    except EOFError:
+        got = None
+    child.join()
+    if got is None or child.exitcode != 0:
+        raise RuntimeError(f"the streaming process failed (exit code {child.exitcode}); run it alone to see why")
+    return got
 
 
 def search_latency(dim: int, clips: int, queries: int, work: Path) -> tuple[list[float], list[float] | None]:
@@ -142,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         package = args.package or default_package(work)
         video = args.video or default_video(work, args.actions)
-        duration, seconds, clips, latency = stream_share(package, video, work / "stream_ix")
+        (duration, seconds, clips, latency), peak, torch_loaded = stream_in_fresh_process(
+            package, video, work / "stream_ix"
+        )
         from egovlpv2_edge.package import open_package
 
         dim = open_package(package).config.heads.embed_dim
@@ -155,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         ("stream a video as fast as possible", f"{100 * seconds / duration:.1f}% of its duration",
          f"{duration:.0f} s video, {clips} clips in {seconds:.1f} s"),
         ("  encode per batch (p50 / p95)", f"{latency['encode'].p50_ms:.1f} / {latency['encode'].p95_ms:.1f} ms", ""),
+        ("  peak memory of the streaming process", f"{peak / 2**20:.0f} MiB",
+         "PyTorch imported" if torch_loaded else "without PyTorch, as on the device"),
         (f"search, {args.clips:,} clips, top-10 (p50)", _ms(ours, 50),
          "faiss IndexFlatIP: " + (_ms(theirs, 50) if theirs else "not installed")),
         (f"search, {args.clips:,} clips, top-10 (p95)", _ms(ours, 95),
