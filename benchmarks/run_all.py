@@ -56,7 +56,9 @@ NOTES = {
     "runtime": "Streaming decodes, samples and encodes as fast as it can (the share of the video's duration is the "
     "real-time cost). Search scores fp16-stored vectors from a float32 copy made once per committed row. `ask` runs "
     "the text lower layers once for all (question, choice) pairs and the fused graph once over all pairs; "
-    "ONNX Runtime's intra-op spinning is off so that consecutive sessions do not fight for the cores.",
+    "ONNX Runtime's intra-op spinning is off so that consecutive sessions do not fight for the cores. The streaming "
+    "runs in a fresh interpreter that imports only the runtime, as on the device; its peak memory (VmHWM) covers "
+    "the package's ONNX Runtime sessions, the decoder, the clip queue and the index.",
 }
 
 
