@@ -45,9 +45,10 @@ NOTES = {
     "loader worker keeps up when data loading is several times faster than training.",
     "quantize": "Each variant is timed beside FP32 in the same process (batch 1 and 8) and its drift measured on "
     "held-out clips and texts; `egovlp compress quantize` keeps a variant only when it is faster by the margin and "
-    "within the drift bound, and the package records why for each graph. Without VNNI, NNCF's QDQ INT8 runs slower "
-    "than FP32; ORT's dynamic INT8 pays on the larger matmuls. The second table is where FP32 spends its kernel "
-    "time: INT8 replaces only the matrix products (ORT's dynamic INT8 kernels also take in their bias adds); "
+    "within the drift bound, and the package records why for each graph. NNCF's QDQ INT8 runs slower than FP32 on "
+    "these small graphs (measured with and without VNNI); ORT's dynamic INT8 pays on the larger matmuls. The second "
+    "table is where FP32 spends its kernel time: INT8 replaces only the matrix products (ORT's dynamic INT8 "
+    "kernels also take in their bias adds); "
     "transposes, reshapes, adds, normalisations and softmax stay float, which caps what INT8 can give a small graph. "
     "The third table measures that cap: the video encoder's own linear layers (product + bias), each alone in FP32 "
     "and in dynamic INT8, and the largest 2048^3 product for reference; with the linear layers' share of the FP32 "
