@@ -69,25 +69,11 @@ def stream_share(package: Path, video: Path, index: Path) -> tuple[float, float,
 
 def _stream_child(package: Path, video: Path, index: Path, out: Any) -> None:
     """:func:`stream_share` in a fresh interpreter; sends back its result, peak RSS (bytes) and whether torch loaded."""
+    from egovlpv2_edge.runtime._metrics import peak_rss_bytes
+
     result = stream_share(package, video, index)
-    out.send((result, _peak_rss(), "torch" in sys.modules))
+    out.send((result, peak_rss_bytes(), "torch" in sys.modules))
     out.close()
-
-
-def _peak_rss() -> int:
-    """This process's peak resident memory in bytes: Linux ``VmHWM`` (the high-water mark of its own address space;
-    ``ru_maxrss`` would also count the parent's resident memory at the fork before the child's exec)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def stream_in_fresh_process(

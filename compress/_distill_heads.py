@@ -57,6 +57,14 @@ class HeadHook(Protocol):
         ...
 
 
+def _fusion_qa_head(task: Any) -> nn.Module | None:
+    """The QA head of a checkpoint's ``task`` entry when it reads the fused video CLS (fusion mode), else None."""
+    from egovlpv2_edge.training.tasks.checkpoint import qa_task_head
+
+    found = qa_task_head(task)
+    return found[0] if found is not None and found[1] == "fusion" else None
+
+
 class FinetunedQAHook:
     """The QA answer head of ``training.tasks`` checkpoints (``ckpt["task"]``, fusion mode: the head reads the
     fused video CLS). Dual-mode QA heads read unfused features and are not distilled here."""
@@ -66,13 +74,10 @@ class FinetunedQAHook:
 
     def load(self, checkpoint: Mapping[str, Any], model: EgoVLPv2) -> nn.Module | None:
         """The fusion-mode QA head of ``checkpoint["task"]``, or None."""
-        from egovlpv2_edge.training.tasks.checkpoint import qa_task_head
-
         task = checkpoint.get("task")
-        found = qa_task_head(task)
-        if found is None or found[1] != "fusion":
+        head = _fusion_qa_head(task)
+        if head is None:
             return None
-        head = found[0]
         if task["head_config"].get("in_dim") != model.cfg.video.width:
             raise DistillError(f"QA head in_dim {task['head_config'].get('in_dim')} does not fit the video width "
                                f"{model.cfg.video.width} of the model stored with it")  # fmt: skip
@@ -155,12 +160,11 @@ def head_pairs(
 
 
 def fresh_qa_head(student_heads: Mapping[str, nn.Module], student_ckpt: Mapping[str, Any] | None) -> bool:
-    """Whether the student distils a QA head its init checkpoint did not carry (a fresh one, see ``head_pairs``)."""
-    from egovlpv2_edge.training.tasks.checkpoint import qa_task_head
-
+    """Whether the student distils a QA head its init checkpoint did not carry (a fresh one, see ``head_pairs``):
+    the same test :meth:`FinetunedQAHook.load` applies to the init checkpoint."""
     if QA_HEAD not in student_heads:
         return False
-    return student_ckpt is None or qa_task_head(student_ckpt.get("task")) is None
+    return student_ckpt is None or _fusion_qa_head(student_ckpt.get("task")) is None
 
 
 # ----- QA questions -------------------------------------------------------------------------------------------------
@@ -272,7 +276,7 @@ def warm_student_qa_head(task: Any, qa: QABatches, epochs: int, seed: int, show:
     """
     from egovlpv2_edge.progress import progress
     from egovlpv2_edge.training.data.qa import collate_qa
-    from egovlpv2_edge.training.tasks.heads import QAHead, fit_qa_head
+    from egovlpv2_edge.training.tasks.heads import QAHead, fit_qa_head, head_accuracy
 
     head, hook = task.heads[QA_HEAD], task.hooks[QA_HEAD]
     if not isinstance(head, QAHead):
@@ -301,10 +305,7 @@ def warm_student_qa_head(task: Any, qa: QABatches, epochs: int, seed: int, show:
     known = y >= 0  # questions whose answer the head scores
     x, y = x[known], y[known]
     loss = fit_qa_head(head, x, y, epochs, seed=seed)
-    head_training = head.training
-    with torch.no_grad():
-        acc = float((head.eval()(x.to(qa.device)).argmax(-1).cpu() == y).float().mean())
-    head.train(head_training)
+    acc = head_accuracy(head, x, y)
     if show:
         log.info("student QA head warm start: %d epochs on %d questions' fused features, loss %.3f, train accuracy "
                  "%.3f", epochs, len(y), loss, acc)  # fmt: skip

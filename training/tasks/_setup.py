@@ -94,7 +94,7 @@ def warm_qa_head(task: nn.Module, data: Dataset, tok: Tokenizer, length: int, ep
 
     from egovlpv2_edge.progress import progress
     from egovlpv2_edge.training.data.qa import collate_qa
-    from egovlpv2_edge.training.tasks.heads import fit_qa_head
+    from egovlpv2_edge.training.tasks.heads import fit_qa_head, head_accuracy
 
     cached = getattr(data, "cached", False)
     loader = DataLoader(data, batch_size=64, collate_fn=collate_qa, num_workers=0 if cached else workers)
@@ -108,9 +108,7 @@ def warm_qa_head(task: nn.Module, data: Dataset, tok: Tokenizer, length: int, ep
     task.train(was_training)
     x, y = torch.cat(xs), torch.cat(ys)
     loss = fit_qa_head(task.head, x, y, epochs, seed=seed)
-    with torch.no_grad():
-        acc = float((task.head.eval()(x.to(device)).argmax(-1).cpu() == y).float().mean())
-    task.head.train(was_training)
+    acc = head_accuracy(task.head, x, y)
     if show:
         log.info("QA head warm start: %d epochs on %d items' features, loss %.3f, train accuracy %.3f",
                  epochs, len(y), loss, acc)  # fmt: skip

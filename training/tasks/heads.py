@@ -23,7 +23,7 @@ from torch import nn
 
 from egovlpv2_edge.model.layers import init_weights
 
-__all__ = ["QAHead", "SpanHead", "build_head", "fit_qa_head"]
+__all__ = ["QAHead", "SpanHead", "build_head", "fit_qa_head", "head_accuracy"]
 
 
 class QAHead(nn.Module):
@@ -85,6 +85,17 @@ def fit_qa_head(head: QAHead, x: torch.Tensor, y: torch.Tensor, epochs: int, lr:
         first.bias.sub_(first.weight @ mean)
     head.train(was_training)
     return last
+
+
+@torch.no_grad()
+def head_accuracy(head: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Share of the answers ``y`` ``(N,)`` that ``head`` ranks first from features ``x`` ``(N, D)`` (eval mode; the
+    head's mode is left as it was)."""
+    was_training = head.training
+    device = next(head.parameters()).device
+    right = head.eval()(x.to(device)).argmax(-1).cpu() == y.cpu()
+    head.train(was_training)
+    return float(right.float().mean())
 
 
 def sinusoid(n: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
