@@ -8,7 +8,9 @@ Prints a table with
   share of the video's duration (below 100% = faster than real time);
 * ``search`` latency p50/p95 over ``--clips`` stored clips (exact cosine top-10 over the fp16 vector file, with
   SQLite metadata), beside faiss-cpu's ``IndexFlatIP`` on the same vectors ("not installed" without faiss);
-* ``ask`` latency p95 with the fused layers over 5 clips' cached tokens and 3 choices (texts not cached);
+* ``ask`` latency p95 with the fused layers over 5 clips' cached tokens and 3 choices (texts not cached), and
+  without choices by each QA head the package has: the fused graph's ``qa_logits`` over cached tokens and the
+  gates-off head over the clips' stored embeddings;
 * the peak resident memory of the streaming process: the stream runs in a fresh interpreter that imports only the
   runtime (as on the device), so its peak is the runtime's own (package sessions, decoder, queues, index), and the
   row says whether PyTorch was imported there.
@@ -131,8 +133,9 @@ def search_latency(dim: int, clips: int, queries: int, work: Path) -> tuple[list
     return ours, theirs
 
 
-def ask_latency(package: Path, index: Path, repeats: int) -> tuple[list[float], list[float] | None]:
-    """Per-call seconds of ask over 5 clips: with 3 choices, and free-form by the QA head (None without one).
+def ask_latency(package: Path, index: Path, repeats: int) -> tuple[list[float], dict[str, list[float] | None]]:
+    """Per-call seconds of ask over 5 clips: with 3 choices, and free-form by each QA head (``fused``, ``dual``;
+    None for a head the package does not have).
 
     Every question is new (no text cache hits).
     """
@@ -146,15 +149,18 @@ def ask_latency(package: Path, index: Path, repeats: int) -> tuple[list[float], 
             t0 = time.perf_counter()
             rt.ask(f"what did C pick up {i}?", [f"the cup {i}", f"the box {i}", f"the bowl {i}"], k=5)
             choices.append(time.perf_counter() - t0)
-        try:
-            rt.ask("what did C open first?", k=5)  # warm-up
-        except NoQAHeadError:
-            return choices, None
-        free = []
-        for i in range(repeats):
-            t0 = time.perf_counter()
-            rt.ask(f"what did C open {i}?", k=5)
-            free.append(time.perf_counter() - t0)
+        free: dict[str, list[float] | None] = {}
+        for head in ("fused", "dual"):
+            try:
+                rt.ask("what did C open first?", k=5, head=head)  # warm-up
+            except NoQAHeadError:
+                free[head] = None
+                continue
+            free[head] = []
+            for i in range(repeats):
+                t0 = time.perf_counter()
+                rt.ask(f"what did C open {i} ({head})?", k=5, head=head)
+                free[head].append(time.perf_counter() - t0)  # type: ignore[union-attr]
     return choices, free
 
 
@@ -198,9 +204,12 @@ def main(argv: list[str] | None = None) -> int:
         (f"search, {args.clips:,} clips, top-10 (p95)", _ms(ours, 95),
          "faiss IndexFlatIP: " + (_ms(theirs, 95) if theirs else "not installed")),
         ("ask, 5 clips, 3 choices (p95)", _ms(asks, 95), f"p50 {_ms(asks, 50)}"),
-        ("ask, 5 clips, QA head, no choices (p95)", _ms(free_asks, 95) if free_asks else "no QA head",
-         f"p50 {_ms(free_asks, 50)}" if free_asks else "the package has no qa_logits output"),
     ]  # fmt: skip
+    missing = {"fused": "the package has no qa_logits output", "dual": "the package has no heads/qa_dual.json"}
+    for head, name in (("fused", "fused QA head (gates on)"), ("dual", "gates-off QA head")):
+        t = free_asks[head]
+        rows.append((f"ask, 5 clips, {name}, no choices (p95)", _ms(t, 95) if t else "no such head",
+                     f"p50 {_ms(t, 50)}" if t else missing[head]))  # fmt: skip
     width = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
         print(f"{r[0].ljust(width[0])}  {r[1].rjust(width[1])}  {r[2]}")

@@ -312,6 +312,32 @@ def warm_student_qa_head(task: Any, qa: QABatches, epochs: int, seed: int, show:
     return acc
 
 
+def fit_student_dual_qa_head(task: Any, teacher_ckpt: Mapping[str, Any], tokenizer: Tokenizer, data_root: str | Path,
+                             epochs: int, seed: int) -> dict[str, Any] | None:  # fmt: skip
+    """The student's gates-off QA head (:func:`~egovlpv2_edge.training.tasks.qa.fit_dual_qa_head` on the distilled
+    student), over the answers of its QA head (else the teacher's QA vocabulary); None when ``epochs`` is 0 or the
+    data has no ``qa.json`` or no answer vocabulary is known (logged)."""
+    from egovlpv2_edge.training.tasks.qa import fit_dual_qa_head
+
+    if epochs <= 0:
+        return None
+    answers: tuple[str, ...] = ()
+    if QA_HEAD in task.heads:
+        answers_of = getattr(task.hooks[QA_HEAD], "answers", None)
+        answers = tuple(answers_of(task.heads[QA_HEAD])) if callable(answers_of) else ()
+    if not answers:
+        t_task = teacher_ckpt.get("task")
+        answers = tuple(((t_task.get("vocab") or {}).get("answers") or ()) if isinstance(t_task, Mapping) else ())
+    if not answers or not (Path(data_root) / "qa.json").is_file():
+        log.info("no dual QA head for the student: %s", "no answer vocabulary" if not answers else "no qa.json")
+        return None
+    try:
+        return fit_dual_qa_head(task.student, tokenizer, data_root, answers, epochs, seed=seed)
+    except ValueError as err:  # e.g. a head vocabulary that shares no answer with the QA split
+        log.warning("no dual QA head for the student: %s", err)
+        return None
+
+
 class _FeatureTap(nn.Module):
     """Stands in for a head in ``hook.logits(head, fused)``: returns the features the hook feeds the head."""
 

@@ -6,6 +6,10 @@ downstream usage). Fine-tuned checkpoints (``training.tasks.checkpoint.save_fine
 back so the exporter can append ``qa_logits`` to the fused graph, and :func:`write_answer_vocabs` leaves the answers
 beside the graphs for ``egovlp package build``. Dual-mode heads read unfused ``[video CLS; text]`` features that no
 exported graph computes; they are not exported.
+
+The gates-off QA head (``task["dual_head"]``, :func:`~egovlpv2_edge.training.tasks.qa.fit_dual_qa_head`) reads
+the two dual embeddings the ``video_upper`` and ``text_upper`` graphs return; :func:`write_dual_qa_head_file` writes
+it beside the graphs as ``qa_dual.json``, which ``egovlp package build`` stores as ``heads/qa_dual.json``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from egovlpv2_edge._package_qa import ANSWER_VOCABS_FILE
+from egovlpv2_edge._package_qa import ANSWER_VOCABS_FILE, DUAL_QA_FILE, DualQAHead, write_dual_qa_head
 from egovlpv2_edge.graphs import QA_OUTPUT, QA_VOCAB, GraphSpec, graph_specs
 from egovlpv2_edge.model import EgoVLPv2
 
@@ -132,3 +136,64 @@ def write_answer_vocabs(out_dir: str | Path, answers: Sequence[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({QA_VOCAB: list(answers)}, indent=2) + "\n")
     return path
+
+
+@dataclass(frozen=True)
+class CheckpointDualQAHead:
+    """A gates-off QA head read from a checkpoint (NumPy, as the runtime runs it) and its answers."""
+
+    head: DualQAHead
+    answers: tuple[str, ...]
+
+
+def checkpoint_dual_qa_head(checkpoint: str | Path | Mapping[str, Any], embed_dim: int) -> CheckpointDualQAHead | None:
+    """The gates-off QA head a checkpoint carries (``task["dual_head"]``) as the package's NumPy head; None without.
+
+    Raises:
+        ValueError: Its answers are missing or of another size than the head scores, or it does not read
+            ``[video; text]`` embeddings of width ``embed_dim``.
+    """
+    ckpt = checkpoint
+    if not isinstance(ckpt, Mapping):
+        ckpt = torch.load(ckpt, map_location="cpu", weights_only=True)
+    from egovlpv2_edge.training.tasks.checkpoint import dual_qa_head
+
+    found = dual_qa_head(ckpt.get("task"))
+    if found is None:
+        return None
+    head, answers, info = found
+    layers = [(m.weight.detach().numpy(), m.bias.detach().numpy()) for m in _linears(head)]
+    if not layers or layers[0][0].shape[1] != 2 * embed_dim:
+        width = layers[0][0].shape[1] if layers else None
+        raise ValueError(f"the checkpoint's dual QA head reads {width} features, not [video; text] embeddings of "
+                         f"width {embed_dim} each; fit it again (`egovlp train finetune --task qa`)")  # fmt: skip
+    if len(answers) != layers[-1][0].shape[0]:
+        raise ValueError(
+            f"the checkpoint's dual QA head scores {layers[-1][0].shape[0]} answers but lists {len(answers)}; "
+            "the checkpoint is damaged: fine-tune (or distil) it again"
+        )
+    return CheckpointDualQAHead(DualQAHead(layers, embed_dim, info), tuple(answers))
+
+
+def write_dual_qa_head_file(out_dir: str | Path, head: DualQAHead) -> Path:
+    """Write ``out_dir/qa_dual.json``, where ``egovlp package build`` looks for the gates-off QA head."""
+    return write_dual_qa_head(Path(out_dir) / DUAL_QA_FILE, head)
+
+
+def write_qa_files(out_dir: str | Path, qa: CheckpointQAHead | None, dual: CheckpointDualQAHead | None) -> list[Path]:
+    """Write what ``egovlp package build`` reads beside the graphs: the ``"qa"`` answers (``answer_vocabs.json``)
+    of the fused QA head or, without one, of the gates-off head, and the gates-off head (``qa_dual.json``).
+
+    Raises:
+        ValueError: Both heads are there with different answer lists (they share the ``"qa"`` vocabulary).
+    """
+    if qa is not None and dual is not None and qa.answers != dual.answers:
+        raise ValueError(
+            f"the checkpoint's fused QA head ({len(qa.answers)} answers) and its dual QA head ({len(dual.answers)}) "
+            "list different answers; fit the dual head again with the fused head's answers"
+        )
+    answers = qa.answers if qa is not None else dual.answers if dual is not None else None
+    written = [] if answers is None else [write_answer_vocabs(out_dir, answers)]
+    if dual is not None:
+        written.append(write_dual_qa_head_file(out_dir, dual.head))
+    return written

@@ -60,7 +60,8 @@ def _add_export(ex: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="when the checkpoint carries a fusion-mode QA head (fine-tuned or distilled), add its qa_logits to "
-        "fused_upper and write its answers to <out>/answer_vocabs.json for `egovlp package build`",
+        "fused_upper and write its answers to <out>/answer_vocabs.json for `egovlp package build`; a gates-off QA "
+        "head on the dual embeddings is written as <out>/qa_dual.json",
     )
 
 
@@ -80,10 +81,11 @@ def _export(args: argparse.Namespace) -> int:
     from egovlpv2_edge.compress.export import (
         ExportMismatchError,
         check_qa_head,
+        checkpoint_dual_qa_head,
         checkpoint_qa_head,
         export_one,
         model_specs,
-        write_answer_vocabs,
+        write_qa_files,
     )
     from egovlpv2_edge.progress import progress
 
@@ -92,6 +94,9 @@ def _export(args: argparse.Namespace) -> int:
         qa = checkpoint_qa_head(args.checkpoint) if args.qa_head and args.checkpoint is not None else None
         if qa is not None:
             check_qa_head(model, qa.head)
+        dual = None
+        if args.qa_head and args.checkpoint is not None:
+            dual = checkpoint_dual_qa_head(args.checkpoint, model.cfg.heads.embed_dim)
     except (ValueError, FileNotFoundError) as exc:
         print(f"egovlp compress export: {exc}", file=sys.stderr)
         return 2
@@ -112,9 +117,15 @@ def _export(args: argparse.Namespace) -> int:
         rows.append((name, diff, f"{specs[name].atol:.0e}", f"{size:.2f}", f"{graph.seconds:.1f}"))
     print(_table(rows))
     print(f"wrote {len(rows)} graph(s) to {args.out}")
+    try:
+        written = write_qa_files(args.out, qa, dual)
+    except ValueError as exc:
+        print(f"egovlp compress export: {exc}", file=sys.stderr)
+        return 2
     if qa is not None:
-        vocab = write_answer_vocabs(args.out, qa.answers)
-        print(f"QA head: fused_upper returns qa_logits over {len(qa.answers)} answers, listed in {vocab}")
+        print(f"QA head: fused_upper returns qa_logits over {len(qa.answers)} answers, listed in {written[0]}")
+    if dual is not None:
+        print(f"dual QA head (gates off, on the dual embeddings): {dual.head.num_answers} answers, {written[-1]}")
     return 0
 
 

@@ -51,6 +51,7 @@ from egovlpv2_edge.compress._distill_heads import (
     HeadHook,
     QABatches,
     default_head_hooks,
+    fit_student_dual_qa_head,
     fresh_qa_head,
     head_pairs,
     qa_batches,
@@ -539,6 +540,10 @@ class DistillConfig(LoopConfig):
     # epochs fitting a fresh student QA head (one its init did not carry) alone on its fused features of the QA
     # train questions when the fused terms start (0 = none: the head learns by KL alone)
     qa_head_warmup: int = 30
+    # epochs of the student's gates-off QA head, fitted after distillation on its [video; text] dual embeddings of
+    # the QA train questions (training/tasks/qa.py::fit_dual_qa_head; exported as the package's heads/qa_dual.json);
+    # 0 = none. Needs the data's qa.json and an answer vocabulary (the QA head's, else the teacher's)
+    qa_dual_head_epochs: int = 30
 
 
 def load_teacher(path: str | Path) -> tuple[EgoVLPv2, dict[str, Any]]:
@@ -660,12 +665,16 @@ def build_optimizer_for(task: DistillTask, cfg: OptimConfig) -> torch.optim.Adam
     return torch.optim.AdamW(groups + aux, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
-def save_student(task: DistillTask, path: str | Path, teacher_ckpt: Mapping[str, Any], **extra: Any) -> Path:
+def save_student(task: DistillTask, path: str | Path, teacher_ckpt: Mapping[str, Any],
+                 dual_head: Mapping[str, Any] | None = None, **extra: Any) -> Path:  # fmt: skip
     """Write the student checkpoint: loadable by ``create_model(preset, pretrained=path)``, with the teacher's
-    carried entries (head vocabularies) and each distilled task head as its hook saves it."""
+    carried entries (head vocabularies), each distilled task head as its hook saves it and the student's gates-off
+    QA head (``task["dual_head"]``) when one was fitted."""
     entries = carried_entries(teacher_ckpt)
     for name, head in task.heads.items():
         entries |= task.hooks[name].save(head)
+    if dual_head is not None:
+        entries["task"] = {**(entries.get("task") or {"name": "qa", "mode": "fusion"}), "dual_head": dict(dual_head)}
     save_checkpoint(task.student, path, **(entries | extra))
     return Path(path)
 
@@ -752,7 +761,8 @@ def distill(cfg: DistillConfig, hooks: Mapping[str, HeadHook] | None = None) -> 
         }
         if report is not None:
             extra["init_from_teacher"] = report.to_dict()
-        save_student(task, final, t_ckpt, **extra)
+        dual = fit_student_dual_qa_head(task, t_ckpt, s_tok, cfg.data, cfg.qa_dual_head_epochs, cfg.seed)
+        save_student(task, final, t_ckpt, dual_head=dual, **extra)
         plot(run.history, out / "curves.png")
         log.info("wrote %s and %s", final, out / "curves.png")
     return final

@@ -29,17 +29,22 @@ import torch
 from torch import nn
 
 from egovlpv2_edge.compress._qa_head import (
+    CheckpointDualQAHead,
     CheckpointQAHead,
     check_qa_head,
     check_spec_head,
+    checkpoint_dual_qa_head,
     checkpoint_qa_head,
     model_specs,
     write_answer_vocabs,
+    write_dual_qa_head_file,
+    write_qa_files,
 )
 from egovlpv2_edge.graphs import GRAPH_NAMES, GraphSpec, TensorSpec
 from egovlpv2_edge.model import EgoVLPv2
 
 __all__ = [
+    "CheckpointDualQAHead",
     "CheckpointQAHead",
     "ExportMismatchError",
     "ExportedGraph",
@@ -51,6 +56,7 @@ __all__ = [
     "VideoUpperGraph",
     "check_graph_io",
     "check_qa_head",
+    "checkpoint_dual_qa_head",
     "checkpoint_qa_head",
     "export_all",
     "export_graph",
@@ -61,6 +67,8 @@ __all__ = [
     "sample_inputs",
     "validate_graph",
     "write_answer_vocabs",
+    "write_dual_qa_head_file",
+    "write_qa_files",
 ]
 
 logger = logging.getLogger(__name__)

@@ -5,8 +5,9 @@ Subcommands:
     info    Print a package's manifest summary: preset, graphs with precision/size/reason, preprocessing, metrics.
     build   Assemble a package by hand from a folder of ``<graph>.<precision>.onnx`` files (fp32 selected unless
             ``--select`` says otherwise), with the answer vocabularies of ``answer_vocabs.json`` in that folder
-            (what ``egovlp compress export`` writes for a QA head) or ``--answer-vocabs``. Packages from a trained
-            model come from the compress step.
+            (what ``egovlp compress export`` writes for a QA head) or ``--answer-vocabs``, and the gates-off QA head
+            ``qa_dual.json`` there when the export wrote one. Packages from a trained model come from the compress
+            step.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from egovlpv2_edge._package_qa import ANSWER_VOCABS_FILE, read_answer_vocabs
+from egovlpv2_edge._package_qa import ANSWER_VOCABS_FILE, DUAL_QA_FILE, DUAL_QA_HEAD, read_answer_vocabs
 from egovlpv2_edge.config import get_config, list_models
 from egovlpv2_edge.graphs import GRAPH_NAMES
 from egovlpv2_edge.package import (
@@ -119,6 +120,7 @@ def _build(args: argparse.Namespace) -> int:
     metrics = json.loads(args.metrics.read_text()) if args.metrics else None
     vocab_file = args.answer_vocabs or args.graphs_dir / ANSWER_VOCABS_FILE
     vocabs = read_answer_vocabs(vocab_file) if args.answer_vocabs or vocab_file.is_file() else None
+    dual = args.graphs_dir / DUAL_QA_FILE
     out = build_package(
         args.out,
         config=cfg,
@@ -127,6 +129,7 @@ def _build(args: argparse.Namespace) -> int:
         tokenizer=args.tokenizer,
         preprocessing=Preprocessing.from_config(cfg, args.clip_seconds, args.stride_seconds),
         answer_vocabs=vocabs,
+        heads={DUAL_QA_HEAD: dual} if dual.is_file() else None,
         metrics=metrics,
         version=args.version,
         archive=args.archive,
@@ -167,7 +170,11 @@ def _summary(m: Manifest) -> str:
     lines.append("fusion: " + ", ".join(f"{k} {v}" for k, v in m.fusion.items()))
     vocabs = ", ".join(f"{n} ({len(v)})" for n, v in m.answer_vocabs.items())
     qa = m.qa_answers()
-    head = f"fused_upper returns qa_logits ({qa} answers)" if qa else "none (ask needs choices)"
+    head = f"fused_upper returns qa_logits ({qa} answers)" if qa else "none in fused_upper"
+    if DUAL_QA_HEAD in m.heads:
+        head += f"; gates-off head {m.heads[DUAL_QA_HEAD].file} on the dual embeddings"
+    elif not qa:
+        head += " (ask needs choices)"
     lines.append(f"tokenizer: {m.tokenizer.file}; answer vocabularies: {vocabs or 'none'}; QA head: {head}")
     if m.providers:
         lines.append("provider settings: " + ", ".join(f"{n} ({e.file})" for n, e in m.providers.items()))

@@ -144,20 +144,27 @@ def _search(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------------- ask
 def main_ask(argv: list[str] | None = None) -> int:
-    """``egovlp ask``: answer a question from the cached tokens of the best-matching recent clips."""
-    p = _common("ask", "Answer a question with the fused layers (gates on) over recently indexed clips.")
+    """``egovlp ask``: answer a question from the best-matching indexed clips."""
+    p = _common(
+        "ask",
+        "Answer a question from the best-matching indexed clips: with choices by the fused VTM head "
+        "(gates on), without by the package's QA head (gates-off or fused).",
+    )
     p.add_argument("question", help="e.g. 'what did C pick up?'")
     p.add_argument("--choice", action="append", default=None,
                    help="a candidate answer (repeatable); without, the package's QA head answers")  # fmt: skip
     p.add_argument("-k", type=int, default=5, help="clips the fused layers look at (default %(default)s)")
     p.add_argument("--window", type=float, default=None, help="only clips of the last WINDOW seconds")
+    p.add_argument("--head", choices=("auto", "fused", "dual"), default="auto",
+                   help="without choices, which QA head answers: dual (gates off, from the stored clip embeddings), "
+                   "fused (gates on, qa_logits over cached tokens) or auto (dual when the package has it)")  # fmt: skip
     return _guarded("ask", _ask, p.parse_args(argv))
 
 
 def _ask(args: argparse.Namespace) -> int:
     with _open(args) as rt:
-        answer = rt.ask(args.question, args.choice, k=args.k, window=args.window)
-    print(f"answer: {answer.answer}  (confidence {answer.confidence:.2f})")
+        answer = rt.ask(args.question, args.choice, k=args.k, window=args.window, head=args.head)
+    print(f"answer: {answer.answer}  (confidence {answer.confidence:.2f}, {answer.head})")
     print("scores: " + ", ".join(f"{c} {p:.2f}" for c, p in answer.scores))
     print("evidence:")
     for m in answer.evidence:

@@ -7,7 +7,8 @@ precision), on held-out data:
 * QA multiple choice: each choice scored by the fused VTM head on "question choice" over the question's window;
 * QA without choices: the package's QA head (the fused graph's ``qa_logits``) on the question over its window,
   top answer of the ``"qa"`` vocabulary against the truth (the teacher's fine-tuned head, the students' distilled
-  one);
+  one), and the package's gates-off QA head (``heads/qa_dual.json``) on the clip's and the question's dual
+  embeddings;
 * text-to-video R@1/5/10 over the test clips (gates off);
 * clip-encoding latency (ms per clip at batch 1 and 8, ONNX Runtime CPU).
 
@@ -86,16 +87,22 @@ def qa_multiple_choice(encoder: Any, items: list[dict[str, Any]]) -> dict[str, f
     return {"accuracy": 100.0 * float(np.mean(right)) if right else 0.0, "chance": 100.0 * chance, "n": len(right)}
 
 
-def qa_head(encoder: Any, items: list[dict[str, Any]], vocab: list[str]) -> dict[str, float]:
-    """Percent of QA questions whose top ``qa_logits`` answer over the question's window is the truth."""
+def qa_heads(encoder: Any, items: list[dict[str, Any]], vocab: list[str], fused: bool,
+             dual: Any) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Percent of QA questions whose top answer over the question's window is the truth, per QA head the package
+    has: ``fused`` (the fused graph's ``qa_logits``) and ``dual`` (the gates-off head on the dual embeddings)."""
     from egovlpv2_edge.graphs import QA_OUTPUT
 
-    right = []
+    right: dict[str, list[bool]] = {"fused": [], "dual": []}
     for it in items:
-        tokens = encoder.encode_clips(it["video"][None]).tokens  # (1, T, Dv)
-        logits = encoder.fused(tokens, it["question"])[QA_OUTPUT][0]  # (A,)
-        right.append(vocab[int(np.argmax(logits))] == it["answer_text"])
-    return {"accuracy": 100.0 * float(np.mean(right)) if right else 0.0, "n": len(right)}
+        clip = encoder.encode_clips(it["video"][None])  # tokens (1, T, Dv), embeddings (1, E)
+        if fused:
+            logits = encoder.fused(clip.tokens, it["question"])[QA_OUTPUT][0]  # (A,)
+            right["fused"].append(vocab[int(np.argmax(logits))] == it["answer_text"])
+        if dual is not None:
+            logits = dual.logits(clip.embeddings, encoder.encode_texts([it["question"]])[0])[0]  # (A,)
+            right["dual"].append(vocab[int(np.argmax(logits))] == it["answer_text"])
+    return {k: {"accuracy": 100.0 * float(np.mean(r)) if r else 0.0, "n": len(r)} for k, r in right.items() if r}
 
 
 def recall(encoder: Any, clips: list[dict[str, Any]]) -> dict[str, float]:
@@ -147,7 +154,9 @@ def _package_eval(path: Path, data: Path, limit: int, cache: dict[tuple[int, int
                       "clips": _test_clips(data, *key)}  # fmt: skip
     c = cache[key]
     selected = package.graph_paths
-    vocab = package.answer_vocab("qa") if package.manifest.qa_answers() else None
+    dual = package.dual_qa_head()
+    has_fused = bool(package.manifest.qa_answers())
+    heads = qa_heads(encoder, c["qa"], package.answer_vocab("qa"), has_fused, dual) if has_fused or dual else {}
     return {
         "package": str(path),
         "precision": {g: e.selected for g, e in package.manifest.graphs.items()},
@@ -155,7 +164,8 @@ def _package_eval(path: Path, data: Path, limit: int, cache: dict[tuple[int, int
         **_model_counts(package.config),
         "egomcq": egomcq(encoder, c["mcq"]),
         "qa_mc": qa_multiple_choice(encoder, c["qa"]),
-        "qa_head": None if vocab is None else qa_head(encoder, c["qa"], vocab),
+        "qa_head": heads.get("fused"),
+        "qa_dual": heads.get("dual"),
         "recall": recall(encoder, c["clips"]),
         "latency": clip_latency(encoder, c["mcq"][0]["video"]),
     }

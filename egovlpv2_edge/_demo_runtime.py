@@ -167,7 +167,9 @@ def _questions(rt: Any, data: Path, pieces: list[dict[str, Any]]) -> list[dict[s
     if no_head is not None or not free:
         head = f"no QA head in the package: {no_head or 'no question asked'}"
     else:
-        head = f"the package's QA head answered {sum(f['correct'] for f in free)}/{len(free)} right, free-form"
+        which = {"dual": "gates-off QA head (on the dual embeddings)", "fused": "fused QA head (qa_logits)"}
+        head = (f"the package's {which.get(free[0]['head'], 'QA head')} answered {sum(f['correct'] for f in free)}/"
+                f"{len(free)} right, free-form")  # fmt: skip
     return out + [{"qa_head": head}]
 
 
@@ -177,7 +179,7 @@ def _free_answer(rt: Any, question: str, truth: str) -> dict[str, Any]:
     a = rt.ask(question, k=TOP_K)
     ms = 1e3 * (time.perf_counter() - t0)
     return {"answer": a.answer, "confidence": a.confidence, "correct": a.answer == truth, "ask_ms": ms,
-            "top": [list(s) for s in a.scores[:3]]}  # fmt: skip
+            "top": [list(s) for s in a.scores[:3]], "head": a.head}  # fmt: skip
 
 
 def stage_ask(demo: Any) -> None:

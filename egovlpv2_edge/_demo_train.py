@@ -84,8 +84,9 @@ def checkpoint(demo: Any, model: str) -> Path:
 
 def stage_export(demo: Any) -> None:
     """Export the five gate-switch graphs of student and teacher to ONNX, each validated against PyTorch; the fused
-    graph carries the checkpoint's QA head (``qa_logits``), its answers written beside as ``answer_vocabs.json``."""
-    from egovlpv2_edge.compress.export import checkpoint_qa_head, export_all, write_answer_vocabs
+    graph carries the checkpoint's QA head (``qa_logits``), its answers written beside as ``answer_vocabs.json``, and
+    the gates-off QA head as ``qa_dual.json``."""
+    from egovlpv2_edge.compress.export import checkpoint_dual_qa_head, checkpoint_qa_head, export_all, write_qa_files
     from egovlpv2_edge.training.tasks.checkpoint import load_backbone
 
     tmp = demo.path("graphs.partial")
@@ -94,11 +95,12 @@ def stage_export(demo: Any) -> None:
     for name in MODELS:
         model, _ = load_backbone(checkpoint(demo, name))
         qa = checkpoint_qa_head(checkpoint(demo, name))  # the teacher's fine-tuned head, the student's distilled one
+        dual = checkpoint_dual_qa_head(checkpoint(demo, name), model.cfg.heads.embed_dim)
         exported = export_all(model, tmp / name, qa_head=None if qa is None else qa.head)
-        if qa is not None:
-            write_answer_vocabs(tmp / name, qa.answers)
+        write_qa_files(tmp / name, qa, dual)
         report[name] = {g: {"max_abs_diff": e.max_abs_diff, "seconds": e.seconds} for g, e in exported.items()}
         report[name]["qa_head"] = {"answers": 0 if qa is None else len(qa.answers)}
+        report[name]["qa_dual_head"] = {"answers": 0 if dual is None else dual.head.num_answers}
     (tmp / "export.json").write_text(json.dumps(report, indent=2))
     shutil.rmtree(demo.path("graphs"), ignore_errors=True)
     tmp.rename(demo.path("graphs"))
@@ -123,6 +125,7 @@ def stage_package(demo: Any) -> None:
     """Build and verify an FP32 package per model (directory and single-file archive)."""
     import torch
 
+    from egovlpv2_edge._package_qa import DUAL_QA_FILE, DUAL_QA_HEAD
     from egovlpv2_edge.config import ModelConfig
     from egovlpv2_edge.graphs import GRAPH_NAMES
     from egovlpv2_edge.package import Preprocessing, build_package, verify_package
@@ -131,6 +134,7 @@ def stage_package(demo: Any) -> None:
     for name in MODELS:
         ckpt = checkpoint(demo, name)
         cfg = ModelConfig.from_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["config"])
+        dual = demo.path("graphs") / name / DUAL_QA_FILE
         path = build_package(
             demo.path("packages") / f"{name}_fp32",
             config=cfg,
@@ -139,6 +143,7 @@ def stage_package(demo: Any) -> None:
             tokenizer=ckpt.parent / "tokenizer.json",
             preprocessing=Preprocessing.from_config(cfg, clip_seconds=2.0, stride_seconds=1.0),
             answer_vocabs=_qa_vocab(ckpt, demo.path("graphs") / name),
+            heads={DUAL_QA_HEAD: dual} if dual.is_file() else None,
             source_checkpoint=ckpt,
             overwrite=True,
         )

@@ -80,9 +80,15 @@ from egovlpv2_edge._package_errors import (
     SchemaVersionError,
     UnsafeArchiveError,
 )
-from egovlpv2_edge._package_qa import check_qa_vocab, qa_answers_in_files
+from egovlpv2_edge._package_qa import (
+    DUAL_QA_HEAD,
+    DualQAHead,
+    check_qa_vocab,
+    qa_answers_in_files,
+    read_dual_qa_head,
+)
 from egovlpv2_edge.config import ModelConfig
-from egovlpv2_edge.graphs import GRAPH_NAMES, GraphSpec, graph_specs
+from egovlpv2_edge.graphs import GRAPH_NAMES, QA_VOCAB, GraphSpec, graph_specs
 from egovlpv2_edge.runconfig import git_revision as _git_revision
 
 if TYPE_CHECKING:
@@ -203,6 +209,8 @@ def build_package(
         _check_metrics(metrics or {}),
     )
     check_qa_vocab(qa_answers, vocabs)
+    if DUAL_QA_HEAD in (heads or {}):
+        _dual_qa_head(Path((heads or {})[DUAL_QA_HEAD]), config, vocabs)
     _prepare_out_dir(out, overwrite)
     manifest = _copy_files(out, config, preprocessing, entries, graphs, tokenizer, heads or {}, version)
     manifest = dataclasses.replace(
@@ -623,6 +631,8 @@ def _verify_dir(root: Path, check_interfaces: bool) -> VerifyReport:
         for name, graph in manifest.graphs.items():
             for f in graph.files.values():
                 interfaces = check_graph_file(name, graph, root / f.file, f.file)
+    if DUAL_QA_HEAD in manifest.heads:
+        _dual_qa_head(root / manifest.heads[DUAL_QA_HEAD].file, cfg, manifest.answer_vocabs)
     vocab_size = _check_tokenizer(root / manifest.tokenizer.file, manifest.preprocessing.text_max_length, cfg)
     return VerifyReport(
         path=str(root),
@@ -665,6 +675,11 @@ def _check_manifest(manifest: Manifest) -> ModelConfig:
                     f"egovlpv2-edge's spec {[t.to_dict() for t in expected]}; {_REBUILD} of this version"
                 )
     return cfg
+
+
+def _dual_qa_head(path: Path, cfg: ModelConfig, vocabs: Mapping[str, Sequence[str]]) -> DualQAHead:
+    """Read the gates-off QA head file, checked against the embedding width and the ``"qa"`` vocabulary."""
+    return read_dual_qa_head(path, cfg.heads.embed_dim, len(vocabs[QA_VOCAB]) if QA_VOCAB in vocabs else None)
 
 
 def _check_tokenizer(path: Path, max_length: int, cfg: ModelConfig) -> int:
@@ -792,6 +807,13 @@ class ModelPackage:
                 f"no answer vocabulary {name!r}; valid: {', '.join(self.manifest.answer_vocabs) or '(none)'}"
             )
         return list(self.manifest.answer_vocabs[name])
+
+    def dual_qa_head(self) -> DualQAHead | None:
+        """The gates-off QA head (``heads/qa_dual.json``: answers from the dual embeddings alone), or None."""
+        if DUAL_QA_HEAD not in self.manifest.heads:
+            return None
+        file = self.root / self.manifest.heads[DUAL_QA_HEAD].file
+        return _dual_qa_head(file, self.config, self.manifest.answer_vocabs)
 
     def close(self) -> None:
         """Remove the temporary extraction directory, if any."""

@@ -638,6 +638,22 @@ class ClipIndex:
                     out[r[0]] = r
         return out
 
+    def get_vectors(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """The stored (normalised) embeddings of the given clips as float32 ``(D,)`` arrays.
+
+        Args:
+            ids: Clip ids.
+
+        Returns:
+            ``{id: vector}`` for the ids that are committed (deleted or unknown ids are left out).
+        """
+        self._check_open()
+        snap = self._snap
+        if snap.n == 0 or snap.search_vectors is None:
+            return {}
+        rows = np.flatnonzero(np.isin(snap.ids[: snap.n], np.asarray([int(i) for i in ids], np.int64)))
+        return {int(snap.ids[r]): np.array(snap.search_vectors[r], np.float32) for r in rows}
+
     def get_tokens(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
         """Load the cached tokens of the given clips.
 

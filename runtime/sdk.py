@@ -13,6 +13,10 @@ anything (arXiv 2307.05463, Sec. 3):
   to pass choices. The QA head's answer distributions of the evidence clips are averaged, each clip weighted by
   how well it matches the question (softmax over the clips' VTM log-odds), so clips that show what is asked
   about decide the answer and an unrelated clip among the ``k`` counts for little.
+* ``ask`` with the package's gates-off QA head (``heads/qa_dual.json``, ``head="dual"``, the default when the
+  package has one) answers from the index alone: the head reads each evidence clip's stored embedding with the
+  question's text embedding, and the clips are weighted by ``softmax(cosine / temperature)``. No fused pass runs
+  and every indexed clip can be evidence (not only those whose tokens are still cached).
 
 The index remembers which package wrote it (``package.json`` beside the index files): embeddings of different
 models are not comparable, so opening an index with another package raises :class:`PackageMismatchError`.
@@ -21,16 +25,18 @@ Times are seconds: the file position for files, Unix time for live sources (see 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
+from egovlpv2_edge._package_qa import DUAL_QA_HEAD, DualQAHead
 from egovlpv2_edge.graphs import QA_OUTPUT, QA_VOCAB
 from egovlpv2_edge.package import ModelPackage, PackageError, open_package
 from egovlpv2_edge.runtime._fileio import atomic_write_bytes
@@ -54,7 +60,10 @@ class NotReadyError(RuntimeError):
 
 
 class NoQAHeadError(ValueError):
-    """``ask`` without choices on a package that has no QA head."""
+    """``ask`` without choices on a package that has no QA head (or not the one asked for)."""
+
+
+QA_HEADS = ("auto", "fused", "dual")  # ask(head=...): auto = the gates-off head when the package has one
 
 
 @dataclass(frozen=True)
@@ -64,7 +73,7 @@ class Moment:
     id: int  # clip id in the index
     start: float  # seconds: file position, or Unix time for live sources
     end: float
-    score: float  # search: cosine similarity; ask evidence: fused match probability
+    score: float  # search and gates-off ask evidence: cosine similarity; fused ask evidence: match probability
     source: str
     thumbnail: bytes | None = field(repr=False)  # JPEG, if stored
 
@@ -75,8 +84,9 @@ class Answer:
 
     answer: str
     confidence: float  # probability of ``answer`` among the choices (or the QA vocabulary)
-    evidence: tuple[Moment, ...]  # the clips the fused layers looked at, best support first
+    evidence: tuple[Moment, ...]  # the clips the answer was read from, best support first
     scores: tuple[tuple[str, float], ...]  # (choice, probability) best first (QA head: the top 5)
+    head: str = ""  # what answered: "vtm" (choices), "fused" (qa_logits, gates on) or "dual" (gates-off head)
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,7 @@ class EdgeRuntime:
         self.index = index
         self.latency = LatencyRecorder()
         self.pipeline = make_pipeline(self.latency) if make_pipeline is not None else None
+        self._dual = package.dual_qa_head()  # the gates-off QA head, or None
         self._closed = False
 
     # ------------------------------------------------------------------ streaming
@@ -147,49 +158,86 @@ class EdgeRuntime:
         return [_moment(h, h.score) for h in hits]
 
     def ask(
-        self, question: str, choices: Sequence[str] | None = None, *, k: int = 5, window: float | None = None
+        self,
+        question: str,
+        choices: Sequence[str] | None = None,
+        *,
+        k: int = 5,
+        window: float | None = None,
+        head: str = "auto",
     ) -> Answer:
-        """Answer ``question`` from the cached tokens of the clips that match it best, gates on.
+        """Answer ``question`` from the clips that match it best.
 
         Args:
             question: The question, e.g. ``"what did I pick up?"``.
             choices: Candidate answers; each is scored by the fused VTM head on ``"question choice"`` (words at
-                the start of the question give way when the pair is longer than the model reads). Required
-                unless the package has a QA head; without them the head answers from its vocabulary: per clip
-                ``softmax(qa_logits)``, averaged over the evidence clips weighted by ``softmax`` of their VTM
-                log-odds with the question (``confidence`` is that mixture's top probability, ``scores`` its top 5,
-                ``evidence`` the clips by match).
-            k: How many clips the fused layers look at (the best matches among clips whose tokens are cached).
+                the start of the question give way when the pair is longer than the model reads), gates on, over
+                the cached tokens of the best-matching clips. Required unless the package has a QA head; without
+                them a head answers from the ``"qa"`` vocabulary (``confidence`` is the top probability of the
+                evidence clips' mixed answer distributions, ``scores`` the top 5, ``evidence`` the clips by match).
+            k: How many clips the answer is read from.
             window: Only clips ending in the last ``window`` seconds before the newest clip.
+            head: Without choices, which QA head answers: ``"dual"`` the gates-off head over the stored clip
+                embeddings and the question's embedding (clips weighted by ``softmax(cosine / temperature)``),
+                ``"fused"`` the fused graph's ``qa_logits`` over cached tokens, gates on (clips weighted by
+                ``softmax`` of their VTM log-odds); ``"auto"`` the gates-off head when the package has one.
 
         Raises:
             QueryError: Empty or over-long question or choice, fewer than two choices.
-            NoQAHeadError: No choices and no QA head in the package.
-            NotReadyError: No clip with cached tokens is indexed (in the window) yet.
+            NoQAHeadError: No choices and no QA head in the package (or not the ``head`` asked for).
+            NotReadyError: No usable clip is indexed (in the window) yet.
+            ValueError: ``head`` is not one of ``auto``, ``fused``, ``dual``.
         """
         t0 = time.perf_counter()
         check_query(question)
         choices = _check_choices(choices)
-        vocab = self._qa_vocab()
-        if choices is None and vocab is None:
-            raise NoQAHeadError(
-                f"package {self.package.manifest.name!r} has no QA head (answer vocabulary {QA_VOCAB!r} and a fused "
-                f"graph with {QA_OUTPUT!r}); pass choices=[...] to score candidate answers with the VTM head"
-            )
-        hits, tokens = self._evidence(question, k, window)
-        if choices is not None:
-            answer = self._ask_choices(question, choices, hits, tokens)
+        which = self._qa_head(head) if choices is None else None
+        if which == "dual":
+            vocab = list(self.package.manifest.answer_vocabs[QA_VOCAB])
+            hits, vectors, query = self._dual_evidence(question, k, window)
+            weights = _cosine_weights(hits, self._temperature)
+            logits = cast(DualQAHead, self._dual).logits(vectors, query)  # (B, A); _qa_head checked it is there
+            answer = _mixed_answer(vocab, hits, logits, weights, "dual")
         else:
-            answer = self._ask_head(question, vocab, hits, tokens)
+            hits, tokens = self._evidence(question, k, window)
+            if choices is not None:
+                answer = self._ask_choices(question, choices, hits, tokens)
+            else:
+                answer = self._ask_head(question, list(self.package.manifest.answer_vocabs[QA_VOCAB]), hits, tokens)
         self.latency.record("ask", time.perf_counter() - t0)
         return answer
 
-    def _qa_vocab(self) -> list[str] | None:
-        has_head = QA_OUTPUT in self.encoder.specs["fused_upper"].output_names
+    def _qa_head(self, head: str) -> str:
+        """``"fused"`` or ``"dual"``: the QA head that answers a question without choices."""
+        if head not in QA_HEADS:
+            raise ValueError(f"head={head!r}; valid: {', '.join(QA_HEADS)}")
         vocabs = self.package.manifest.answer_vocabs
-        return list(vocabs[QA_VOCAB]) if has_head and QA_VOCAB in vocabs else None
+        have = {
+            "fused": QA_OUTPUT in self.encoder.specs["fused_upper"].output_names and QA_VOCAB in vocabs,
+            "dual": self._dual is not None,
+        }
+        which = ("dual" if have["dual"] else "fused") if head == "auto" else head
+        if not have[which]:
+            what = {"fused": f"fused graph with {QA_OUTPUT!r} and answer vocabulary {QA_VOCAB!r}",
+                    "dual": f"gates-off QA head {DUAL_QA_HEAD!r}"}  # fmt: skip
+            name = self.package.manifest.name
+            if head == "auto":
+                raise NoQAHeadError(
+                    f"package {name!r} has no QA head (a {what['fused']}, or a {what['dual']}); pass choices=[...] to "
+                    "score candidate answers with the VTM head"
+                )
+            present = [h for h in ("fused", "dual") if have[h]]
+            raise NoQAHeadError(
+                f"package {name!r} has no {what[which]} (its QA heads: {', '.join(present) or 'none'}); "
+                "pass head='auto' or choices=[...]"
+            )
+        return which
 
-    def _evidence(self, question: str, k: int, window: float | None) -> tuple[list[Hit], np.ndarray]:
+    @property
+    def _temperature(self) -> float:
+        return float(self.package.config.heads.temperature)
+
+    def _since(self, window: float | None) -> float | None:
         if window is not None and not window > 0:
             raise ValueError(f"window must be a positive number of seconds or None, got {window!r}")
         if len(self.index) == 0:
@@ -197,9 +245,22 @@ class EdgeRuntime:
                 "no clip is indexed yet: start() the stream and wait for the first clip (on_clip, or stats().index), "
                 "or open an index that has clips"
             )
-        since = None
-        if window is not None:
-            since = (self.index.stats().newest_ts or 0.0) - window
+        return None if window is None else (self.index.stats().newest_ts or 0.0) - window
+
+    def _dual_evidence(self, question: str, k: int, window: float | None) -> tuple[list[Hit], np.ndarray, np.ndarray]:
+        """The ``k`` best-matching clips (gates off), their stored embeddings ``(B, E)`` and the question's ``(E,)``."""
+        since = self._since(window)
+        query = self.encoder.encode_texts([question])[0]
+        hits = self.index.search(query, k, since=since)[0]
+        vectors = self.index.get_vectors([h.id for h in hits])
+        hits = [h for h in hits if h.id in vectors]  # a retention may have run in between
+        if not hits:
+            where = f" in the last {window} s" if window is not None else ""
+            raise NotReadyError(f"no clip is indexed{where} yet; wait for new clips or widen the window")
+        return hits, np.stack([vectors[h.id] for h in hits]), query
+
+    def _evidence(self, question: str, k: int, window: float | None) -> tuple[list[Hit], np.ndarray]:
+        since = self._since(window)
         query = self.encoder.encode_texts([question])[0]
         hits = self.index.search(query, k, since=since, tokens_only=True)[0]
         cached = self.index.get_tokens([h.id for h in hits])
@@ -222,7 +283,7 @@ class EdgeRuntime:
         order = np.argsort(-logits[best], kind="stable")
         evidence = tuple(_moment(hits[i], _sigmoid(logits[best, i])) for i in order)
         ranked = sorted(zip(choices, probs.tolist(), strict=True), key=lambda cp: -cp[1])
-        return Answer(choices[best], float(probs[best]), evidence, tuple(ranked))
+        return Answer(choices[best], float(probs[best]), evidence, tuple(ranked), "vtm")
 
     def _pair(self, question: str, choice: str) -> str:
         """``"question choice"``, dropping leading question words until the choice fits whole."""
@@ -232,15 +293,12 @@ class EdgeRuntime:
         return " ".join([*words, choice])
 
     def _ask_head(self, question: str, vocab: list[str], hits: list[Hit], tokens: np.ndarray) -> Answer:
-        """The QA head's answer: per-clip answer distributions mixed by how well each clip matches the question."""
+        """The fused QA head's answer: per-clip answer distributions mixed by how well each clip matches the
+        question (softmax of the VTM log-odds)."""
         out = self.encoder.fused(tokens, question)
         match = _log_odds(out["vtm_logits"])  # (B,)
-        weights = _softmax(match)  # clips that match the question better count more
-        probs = (weights[:, None] * np.apply_along_axis(_softmax, 1, out[QA_OUTPUT])).sum(axis=0)  # (A,)
-        best = int(probs.argmax())
-        evidence = tuple(_moment(hits[i], _sigmoid(match[i])) for i in np.argsort(-match, kind="stable"))
-        top = np.argsort(-probs, kind="stable")[:5]
-        return Answer(vocab[best], float(probs[best]), evidence, tuple((vocab[i], float(probs[i])) for i in top))
+        evidence = [dataclasses.replace(h, score=_sigmoid(m)) for h, m in zip(hits, match, strict=True)]
+        return _mixed_answer(vocab, evidence, out[QA_OUTPUT], _softmax(match), "fused")
 
     # ------------------------------------------------------------------ health and lifetime
     def stats(self) -> RuntimeStats:
@@ -402,6 +460,21 @@ def _check_choices(choices: Sequence[str] | None) -> list[str] | None:
 
 def _moment(hit: Hit, score: float) -> Moment:
     return Moment(hit.id, hit.start, hit.end, float(score), hit.source, hit.thumbnail)
+
+
+def _mixed_answer(vocab: list[str], hits: Sequence[Hit], logits: np.ndarray, weights: np.ndarray, head: str) -> Answer:
+    """Per-clip answer distributions ``softmax(logits)`` ``(B, A)`` mixed with clip ``weights`` ``(B,)``; evidence
+    by weight, each with its hit's score."""
+    probs = (weights[:, None] * np.apply_along_axis(_softmax, 1, logits.astype(np.float64))).sum(axis=0)  # (A,)
+    best = int(probs.argmax())
+    evidence = tuple(_moment(hits[i], hits[i].score) for i in np.argsort(-weights, kind="stable"))
+    top = np.argsort(-probs, kind="stable")[:5]
+    return Answer(vocab[best], float(probs[best]), evidence, tuple((vocab[i], float(probs[i])) for i in top), head)
+
+
+def _cosine_weights(hits: Sequence[Hit], temperature: float) -> np.ndarray:
+    """``softmax(cosine / temperature)`` over the evidence clips (the contrastive temperature the model trained at)."""
+    return _softmax(np.array([h.score for h in hits], np.float64) / temperature)
 
 
 def _log_odds(vtm_logits: np.ndarray) -> np.ndarray:

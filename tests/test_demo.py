@@ -31,6 +31,7 @@ def _check_outputs(out) -> None:
     for key in ("teacher", "student", "student_int8"):
         assert set(ev[key]["egomcq"]["ensemble"]) == {"inter", "intra"} and ev[key]["qa_mc"]["n"] > 0
         assert ev[key]["qa_head"]["n"] == ev[key]["qa_mc"]["n"], "every package answers with its QA head"
+        assert ev[key]["qa_dual"]["n"] == ev[key]["qa_mc"]["n"], "... and with its gates-off QA head"
         assert 0 <= ev[key]["recall"]["R@1"] <= ev[key]["recall"]["R@10"] <= 100
     assert ev["teacher_qa_head"]["rows"], "the QA head of the tuned teacher is evaluated"
     stream = json.loads((out / "stream/stream.json").read_text())
@@ -40,7 +41,9 @@ def _check_outputs(out) -> None:
     assert answers["questions"] and all(q["answer"] in q["choices"] for q in answers["questions"])
     vocab = json.loads((out / "packages/student_edge/manifest.json").read_text())["answer_vocabs"]["qa"]
     assert all(q["free"]["answer"] in vocab for q in answers["questions"]), "ask without choices: the QA head"
-    assert answers["qa_head"].startswith("the package's QA head answered")
+    assert all(q["free"]["head"] == "dual" for q in answers["questions"]), "the gates-off head answers by default"
+    assert answers["qa_head"].startswith("the package's gates-off QA head (on the dual embeddings) answered")
+    assert "qa_dual" in json.loads((out / "packages/student_edge/manifest.json").read_text())["heads"]
     report = (out / "report.md").read_text()
     for text in ("Schedules used: videos=6", "edge student, quantized", "real-time factor", "curves.png"):
         assert text in report, text

@@ -444,7 +444,7 @@ def test_stop_and_resume_equals_uninterrupted(setup, tmp_path) -> None:
     assert [r["distill"] for r in _metrics(paused)] == [r["distill"] for r in _metrics(straight)]
 
 
-def test_qa_head_of_finetuned_checkpoints_is_distilled_and_carried(setup, tmp_path) -> None:
+def test_qa_head_of_finetuned_checkpoints_is_distilled_and_carried(setup, tmp_path, caplog) -> None:
     from egovlpv2_edge.training.tasks.checkpoint import load_finetuned, save_finetuned
     from egovlpv2_edge.training.tasks.heads import QAHead
 
@@ -458,12 +458,16 @@ def test_qa_head_of_finetuned_checkpoints_is_distilled_and_carried(setup, tmp_pa
     s_path = save_finetuned(tmp_path / "s.pt", student, tok, "qa", "fusion", QAHead(16, 3), vocab, {}, {}, 5)
     out = tmp_path / "run"
     common = [c for c in _common(setup) if not c.startswith("teacher=")]
-    final = distill(resolve(DistillConfig, None, common + [f"teacher={t_path}", f"student_init={s_path}",
-                                                           f"out={out}", "max_steps=2"]))  # fmt: skip
+    with caplog.at_level("WARNING", logger="egovlpv2_edge.compress._distill_heads"):
+        final = distill(resolve(DistillConfig, None, common + [f"teacher={t_path}", f"student_init={s_path}",
+                                                               f"out={out}", "max_steps=2"]))  # fmt: skip
     assert all(r["kd_heads"] > 0 for r in _metrics(out))
     run = load_finetuned(final, expect="qa")
     assert run.vocab == vocab and run.head is not None and run.head.in_dim == 16
     assert run.model.cfg.video.width == 16
+    # none of the head's answers is in the data's QA split: no gates-off head, said so, and the run still finishes
+    assert "no dual QA head for the student: no QA train question" in caplog.text
+    assert "dual_head" not in torch.load(final, weights_only=True)["task"]
 
 
 def test_cli_reports_bad_input(setup, tmp_path, capsys) -> None:
@@ -562,6 +566,10 @@ def test_student_without_a_head_gets_one_distilled_on_questions_and_resumes_exac
     for key in a["task"]["head"]:
         assert torch.equal(a["task"]["head"][key], b["task"]["head"][key]), key
     assert [r["kd_heads_qa"] for r in _metrics(paused)] == [r["kd_heads_qa"] for r in rows]
+    # the student's gates-off QA head: fitted on the student's own embeddings, over the QA head's answers
+    assert a["task"]["dual_head"]["answers"] == vocab["answers"] and a["task"]["dual_head"]["config"]["in_dim"] == 48
+    for key in a["task"]["dual_head"]["state"]:
+        assert torch.equal(a["task"]["dual_head"]["state"][key], b["task"]["dual_head"]["state"][key]), key
 
 
 def test_student_qa_head_warm_start_fits_the_answers_of_the_qa_split(setup, tmp_path) -> None:

@@ -3,6 +3,7 @@ like every output, comes from fine-tuned checkpoints, and a model without a head
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,3 +140,43 @@ def test_qa_head_comes_from_a_finetuned_checkpoint_and_the_cli_exports_it(tmp_pa
                  "--graphs", "fused_upper", "--no-qa-head"]) == 0  # fmt: skip
     assert QA_OUTPUT not in [o.name for o in onnx.load(str(plain / "fused_upper.onnx")).graph.output]
     assert not (plain / "answer_vocabs.json").exists()
+
+
+def test_dual_qa_head_is_exported_as_a_numpy_head_equal_to_pytorch(tmp_path: Path, capsys) -> None:
+    from egovlpv2_edge._package_qa import read_dual_qa_head
+    from egovlpv2_edge.compress.export import checkpoint_dual_qa_head, write_qa_files
+    from egovlpv2_edge.training.tasks.checkpoint import save_finetuned
+
+    model = create_model("egovlpv2_test")
+    E = model.cfg.heads.embed_dim
+    tok = tmp_path / "tokenizer.json"
+    tok.write_text("{}")
+    dual = _qa_head(2 * E, seed=4)
+    entry = {"config": dual.config(), "state": dual.state_dict(), "answers": list(ANSWERS), "questions": 7,
+             "train_accuracy": 0.5}  # fmt: skip
+    ckpt = save_finetuned(tmp_path / "qa.pt", model, tok, "qa", "fusion", _qa_head(model.cfg.video.width),
+                          {"answers": list(ANSWERS)}, {}, {}, 1, {"dual_head": entry})  # fmt: skip
+    found = checkpoint_dual_qa_head(ckpt, E)
+    assert found is not None and found.answers == ANSWERS and found.head.info == {"questions": 7, "train_accuracy": 0.5}
+    v = torch.nn.functional.normalize(torch.randn(6, E), dim=-1)
+    t = torch.nn.functional.normalize(torch.randn(E), dim=-1)
+    with torch.no_grad():
+        want = dual(torch.cat([v, t.expand(6, -1)], -1)).numpy()
+    np.testing.assert_allclose(found.head.logits(v.numpy(), t.numpy()), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="not \\[video; text\\] embeddings of width 25"):
+        checkpoint_dual_qa_head(ckpt, E + 1)
+    other = checkpoint_qa_head(ckpt)
+    with pytest.raises(ValueError, match="list different answers"):  # both heads share the "qa" vocabulary
+        write_qa_files(tmp_path / "x", dataclasses.replace(other, answers=("a",) * len(ANSWERS)), found)
+
+    out = tmp_path / "onnx"
+    assert main(["export", "--preset", "egovlpv2_test", "--checkpoint", str(ckpt), "--out", str(out),
+                 "--graphs", "video_upper"]) == 0  # fmt: skip
+    assert f"dual QA head (gates off, on the dual embeddings): {len(ANSWERS)} answers" in capsys.readouterr().out
+    written = read_dual_qa_head(out / "qa_dual.json", E, len(ANSWERS))  # the file the package build picks up
+    np.testing.assert_allclose(written.logits(v.numpy(), t.numpy()), want, rtol=1e-5, atol=1e-5)
+    assert json.loads((out / "answer_vocabs.json").read_text()) == {"qa": list(ANSWERS)}
+    plain = tmp_path / "plain"
+    assert main(["export", "--preset", "egovlpv2_test", "--checkpoint", str(ckpt), "--out", str(plain),
+                 "--graphs", "video_upper", "--no-qa-head"]) == 0  # fmt: skip
+    assert not (plain / "qa_dual.json").exists()

@@ -124,3 +124,68 @@ def test_cli_build_takes_the_vocabulary_written_beside_the_export(sources: dict,
     other.write_text(json.dumps({"qa": ANSWERS[:2]}))
     assert _cli_package.main([*argv, "--out", str(tmp_path / "pkg2"), "--answer-vocabs", str(other)]) == 1
     assert "'qa' has 2 answers" in capsys.readouterr().err
+
+
+def _dual_head(cfg, answers: int, seed: int = 0, width: int | None = None):
+    """A gates-off QA head over ``[video; text]`` embeddings (``width`` replaces ``2 * embed_dim`` when given)."""
+    import numpy as np
+
+    from egovlpv2_edge._package_qa import DualQAHead
+
+    rng = np.random.default_rng(seed)
+    d = width or 2 * cfg.heads.embed_dim
+    layers = [(rng.normal(size=(answers, d)), rng.normal(size=answers)), (rng.normal(size=(answers, answers)),
+                                                                            rng.normal(size=answers))]  # fmt: skip
+    return DualQAHead(layers, cfg.heads.embed_dim, {"questions": 3})
+
+
+def test_a_gates_off_qa_head_is_built_verified_and_read_back(sources: dict, tmp_path: Path, capsys) -> None:
+    import numpy as np
+
+    from egovlpv2_edge._package_qa import write_dual_qa_head
+
+    cfg = sources["cfg"]
+    head = _dual_head(cfg, len(ANSWERS))
+    path = write_dual_qa_head(tmp_path / "qa_dual.json", head)
+    plain = {"fp32": sources["graphs"]["fused_upper"]}  # a fused graph without qa_logits
+    pkg = _build(sources, tmp_path / "pkg", fused=plain, answer_vocabs={"qa": ANSWERS}, heads={"qa_dual": path})
+    verify_package(pkg)
+    with open_package(pkg) as opened:
+        read = opened.dual_qa_head()
+        assert read is not None and read.num_answers == len(ANSWERS) and read.info == {"questions": 3}
+        v, t = np.random.default_rng(1).normal(size=(3, 24)), np.random.default_rng(2).normal(size=24)
+        np.testing.assert_allclose(read.logits(v, t), head.logits(v, t), rtol=1e-6, atol=1e-5)
+    assert _cli_package.main(["info", str(pkg)]) == 0
+    assert "gates-off head heads/qa_dual.json on the dual embeddings" in capsys.readouterr().out
+    with pytest.raises(AnswerVocabError, match="scores 4 answers but the package's 'qa' vocabulary has none"):
+        _build(sources, tmp_path / "no_vocab", fused=plain, heads={"qa_dual": path})
+    wide = write_dual_qa_head(tmp_path / "wide.json", _dual_head(cfg, len(ANSWERS), width=30))
+    with pytest.raises(AnswerVocabError, match="must read 48 inputs \\(\\[video; text\\] embeddings of width 24\\)"):
+        _build(sources, tmp_path / "wide", fused=plain, answer_vocabs={"qa": ANSWERS}, heads={"qa_dual": wide})
+    assert not (tmp_path / "wide" / "manifest.json").exists()  # refused before anything was written
+
+
+def test_verify_and_cli_build_take_the_gates_off_head(sources: dict, tmp_path: Path, capsys) -> None:
+    from egovlpv2_edge._package_qa import write_dual_qa_head
+
+    export = tmp_path / "export"
+    export.mkdir()
+    for name, path in sources["graphs"].items():
+        shutil.copy(path, export / f"{name}.onnx")
+    (export / "answer_vocabs.json").write_text(json.dumps({"qa": ANSWERS}))  # what `compress export` writes
+    write_dual_qa_head(export / "qa_dual.json", _dual_head(sources["cfg"], len(ANSWERS)))
+    argv = ["build", "--config-preset", PRESET, "--graphs-dir", str(export), "--tokenizer", str(sources["tokenizer"])]
+    assert _cli_package.main([*argv, "--out", str(tmp_path / "pkg")]) == 0
+    capsys.readouterr()
+    assert "qa_dual" in load_manifest(tmp_path / "pkg").heads
+    data = json.loads((tmp_path / "pkg" / "manifest.json").read_text())
+    data["answer_vocabs"]["qa"] = ANSWERS[:3]
+    (tmp_path / "pkg" / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(AnswerVocabError, match="scores 4 answers but the package's 'qa' vocabulary has 3"):
+        verify_package(tmp_path / "pkg")
+    head_file = tmp_path / "pkg" / "heads" / "qa_dual.json"
+    head_file.write_text(head_file.read_text().replace('"relu"', '"gelu"'))
+    data["answer_vocabs"]["qa"] = ANSWERS
+    (tmp_path / "pkg" / "manifest.json").write_text(json.dumps(data))
+    assert _cli_package.main(["verify", str(tmp_path / "pkg")]) == 1
+    assert "heads/qa_dual.json is corrupt" in capsys.readouterr().err  # an edited head fails its checksum

@@ -49,11 +49,38 @@ def export_qa_graph(root: Path, model: object, answers: list[str]) -> object:
     return head.eval()
 
 
+def export_dual_qa_head(root: Path, model: object, answers: list[str]) -> object:
+    """Write a gates-off QA head over ``[video; text]`` embeddings as ``root/graphs_qa/qa_dual.json`` (through the
+    exporter's checkpoint path); returns the PyTorch head (eval mode)."""
+    import torch
+
+    from egovlpv2_edge.compress.export import checkpoint_dual_qa_head, write_dual_qa_head_file
+    from egovlpv2_edge.training.tasks.heads import QAHead
+
+    E = model.cfg.heads.embed_dim  # type: ignore[attr-defined]
+    head = QAHead(2 * E, len(answers))
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.copy_(4 * torch.randn(p.shape, generator=g))
+    entry = {"config": head.config(), "state": head.state_dict(), "answers": list(answers)}
+    found = checkpoint_dual_qa_head({"task": {"dual_head": entry}}, E)
+    write_dual_qa_head_file(root / "graphs_qa", found.head)  # type: ignore[union-attr]
+    return head.eval()
+
+
 def build_test_package(
-    root: Path, out: Path, *, clip_seconds: float = 2.0, stride_seconds: float = 1.0, qa: bool = False
+    root: Path,
+    out: Path,
+    *,
+    clip_seconds: float = 2.0,
+    stride_seconds: float = 1.0,
+    qa: bool = False,
+    dual: bool = False,
 ) -> Path:
     """Package the graphs :func:`export_test_graphs` wrote under ``root`` with the given clip window; with ``qa``,
-    the fused graph and answers of :func:`export_qa_graph` (the same video graphs: it opens the same indexes)."""
+    the fused graph and answers of :func:`export_qa_graph` (the same video graphs: it opens the same indexes); with
+    ``dual`` also the gates-off QA head of :func:`export_dual_qa_head`."""
     import json
 
     from egovlpv2_edge.config import get_config
@@ -72,4 +99,5 @@ def build_test_package(
         tokenizer=root / "tokenizer.json",
         preprocessing=Preprocessing.from_config(cfg, clip_seconds=clip_seconds, stride_seconds=stride_seconds),
         answer_vocabs=json.loads((root / "graphs_qa" / "answer_vocabs.json").read_text()) if qa else None,
+        heads={"qa_dual": root / "graphs_qa" / "qa_dual.json"} if dual else None,
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.runtime._package import build_test_package, export_qa_graph, export_test_graphs
+from tests.runtime._package import build_test_package, export_dual_qa_head, export_qa_graph, export_test_graphs
 
 QA_ANSWERS = ["the red box", "the blue cup", "the red bowl", "a knife"]
 
@@ -33,6 +33,14 @@ def qa_package(exported: tuple[Path, object, object]) -> tuple[Path, object]:
     are those of ``package``, so it opens the indexes ``package`` wrote."""
     head = export_qa_graph(exported[0], exported[1], QA_ANSWERS)
     return build_test_package(exported[0], exported[0] / "package" / "tiny_qa", qa=True), head
+
+
+@pytest.fixture(scope="session")
+def dual_package(exported: tuple[Path, object, object], qa_package: tuple[Path, object]) -> tuple[Path, object]:
+    """(``qa_package`` plus a gates-off QA head over the same answers, that PyTorch head)."""
+    head = export_dual_qa_head(exported[0], exported[1], QA_ANSWERS)
+    out = exported[0] / "package" / "tiny_dual"
+    return build_test_package(exported[0], out, qa=True, dual=True), head
 
 
 @pytest.fixture(scope="session")

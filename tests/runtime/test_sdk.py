@@ -123,7 +123,57 @@ def test_ask_without_choices_answers_with_the_packaged_qa_head(
     with egovlpv2_edge.open(path, index=streamed) as rt:  # choices still go to the VTM head
         assert rt.ask(question, CHOICES, k=3).answer in CHOICES
     assert egovlp(["ask", "--package", str(path), "--index", str(streamed), question, "-k", "3"]) == 0
-    assert capsys.readouterr().out.startswith(f"answer: {answer.answer}  (confidence {answer.confidence:.2f})")
+    assert capsys.readouterr().out.startswith(f"answer: {answer.answer}  (confidence {answer.confidence:.2f}, fused)")
+
+
+def test_ask_answers_with_the_gates_off_head_from_the_stored_embeddings(
+    dual_package: tuple[Path, object], exported: tuple[Path, object, object], streamed: Path, capsys
+) -> None:
+    import torch
+
+    from tests.runtime.conftest import QA_ANSWERS
+
+    path, head = dual_package
+    _, model, tok = exported
+    question = "what did C open?"
+    with egovlpv2_edge.open(path, index=streamed) as rt:
+        answer = rt.ask(question, k=3)  # auto: the gates-off head
+        vectors = rt.index.get_vectors([m.id for m in answer.evidence])
+        fused = rt.ask(question, k=3, head="fused")
+        with pytest.raises(ValueError, match="head='both'; valid: auto, fused, dual"):
+            rt.ask(question, head="both")
+    assert answer.head == "dual" and fused.head == "fused" and len(answer.evidence) == 3
+    # PyTorch: the head on [clip embedding; question embedding] per clip, mixed by softmax(cosine / temperature)
+    batch = tok.encode([question], max_length=model.cfg.text.max_length)
+    with torch.no_grad():
+        q = model.eval().encode_text(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask),
+                                     normalize=True)[0]  # fmt: skip
+        v = torch.from_numpy(np.stack([vectors[m.id] for m in answer.evidence]))  # (3, E), best match first
+        cos = (v @ q).double()
+        probs = torch.softmax(head(torch.cat([v, q.expand(3, -1)], -1)).double(), -1)
+    assert [m.score for m in answer.evidence] == pytest.approx(cos.tolist(), abs=1e-4)
+    assert cos.tolist() == sorted(cos.tolist(), reverse=True)
+    mixed = (torch.softmax(cos / model.cfg.heads.temperature, 0)[:, None] * probs).sum(0)
+    want = sorted(zip(QA_ANSWERS, mixed.tolist(), strict=True), key=lambda cp: -cp[1])
+    assert want[0][1] > want[1][1] + 0.05  # a clear answer, so the top answers must agree
+    assert [c for c, _ in answer.scores] == [c for c, _ in want]
+    np.testing.assert_allclose([p for _, p in answer.scores], [p for _, p in want], rtol=0, atol=1e-4)
+    assert egovlp(["ask", "--package", str(path), "--index", str(streamed), question, "-k", "3", "--head", "dual"]) == 0
+    assert capsys.readouterr().out.startswith(f"answer: {answer.answer}  (confidence {answer.confidence:.2f}, dual)")
+    with egovlpv2_edge.open(path, index=streamed) as rt:
+        assert rt.ask(question, CHOICES, k=3, head="dual").head == "vtm"  # choices still go to the VTM head
+
+
+def test_ask_names_the_missing_qa_head(package: Path, qa_package: tuple[Path, object], streamed: Path) -> None:
+    from egovlpv2_edge.runtime.sdk import NoQAHeadError
+
+    with egovlpv2_edge.open(qa_package[0], index=streamed) as rt:
+        assert rt.ask("what did C open?", k=2).head == "fused"  # auto without a gates-off head
+        with pytest.raises(NoQAHeadError, match="has no gates-off QA head 'qa_dual' \\(its QA heads: fused\\)"):
+            rt.ask("what did C open?", head="dual")
+    with egovlpv2_edge.open(package, index=streamed) as rt:
+        with pytest.raises(NoQAHeadError, match="pass choices"):
+            rt.ask("what did C open?")
 
 
 def test_ask_mixes_the_clips_answers_by_how_well_they_match(package: Path, streamed: Path) -> None:

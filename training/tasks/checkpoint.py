@@ -30,7 +30,15 @@ from egovlpv2_edge.model import EgoVLPv2
 from egovlpv2_edge.tokenizer import Tokenizer
 from egovlpv2_edge.training.tasks.heads import build_head
 
-__all__ = ["FinetunedRun", "TaskCheckpointError", "load_backbone", "load_finetuned", "qa_task_head", "save_finetuned"]
+__all__ = [
+    "FinetunedRun",
+    "TaskCheckpointError",
+    "dual_qa_head",
+    "load_backbone",
+    "load_finetuned",
+    "qa_task_head",
+    "save_finetuned",
+]
 
 
 class TaskCheckpointError(ValueError):
@@ -95,8 +103,12 @@ def load_backbone(path: str | Path, tokenizer: str | Path | None = None,
 
 def save_finetuned(path: str | Path, model: EgoVLPv2, tokenizer_file: str | Path, task: str, mode: str,
                    head: nn.Module | None, vocab: dict[str, list[str]], params: dict[str, Any],
-                   run_config: dict[str, Any], step: int) -> Path:  # fmt: skip
-    """Write a self-contained fine-tuned checkpoint (atomically: a temporary file renamed into place)."""
+                   run_config: dict[str, Any], step: int, extra: dict[str, Any] | None = None) -> Path:  # fmt: skip
+    """Write a self-contained fine-tuned checkpoint (atomically: a temporary file renamed into place).
+
+    ``extra`` entries join the ``task`` entry (e.g. ``dual_head``, the gates-off QA head of
+    :func:`~egovlpv2_edge.training.tasks.qa.fit_dual_qa_head`).
+    """
     path = Path(path)
     tmp = path.with_suffix(".tmp")
     payload = {
@@ -106,6 +118,7 @@ def save_finetuned(path: str | Path, model: EgoVLPv2, tokenizer_file: str | Path
         "head_config": head.config() if head is not None else None,  # type: ignore[operator]
         "vocab": {k: list(v) for k, v in vocab.items()},
         "params": params,
+        **(extra or {}),
     }
     save_checkpoint(model, tmp, task=payload, tokenizer_json=Path(tokenizer_file).read_text(), step=step,
                     run_config=run_config)  # fmt: skip
@@ -122,6 +135,18 @@ def qa_task_head(task: Any) -> tuple[nn.Module, str] | None:
     head = build_head(dict(task["head_config"]))
     head.load_state_dict(task["head"])
     return head, str(task.get("mode", ""))
+
+
+def dual_qa_head(task: Any) -> tuple[nn.Module, list[str], dict[str, Any]] | None:
+    """The gates-off QA head a checkpoint's ``task`` entry carries (``task["dual_head"]``: built, weights loaded,
+    eval mode), its answers and what it was fitted on; None without one."""
+    entry = task.get("dual_head") if isinstance(task, Mapping) else None
+    if not isinstance(entry, Mapping) or not entry.get("config") or entry.get("state") is None:
+        return None
+    head = build_head(dict(entry["config"]))
+    head.load_state_dict(entry["state"])
+    info = {k: entry[k] for k in ("questions", "train_accuracy") if k in entry}
+    return head.eval(), list(entry.get("answers") or ()), info
 
 
 def load_finetuned(path: str | Path, expect: str | None = None, tokenizer: str | Path | None = None) -> FinetunedRun:

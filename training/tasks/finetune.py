@@ -64,6 +64,9 @@ class QAConfig:
     head_warmup: int = 30
     dropout: float = 0.2  # head dropout
     text_length: int = 30  # question tokens (capped by the text encoder's positions)
+    # epochs of the gates-off QA head fitted after fine-tuning on the final model's [video; text] dual embeddings
+    # (tasks/qa.py::fit_dual_qa_head; packages carry it as heads/qa_dual.json and answer from the index); 0 = none
+    dual_head_epochs: int = 30
 
     def __post_init__(self) -> None:
         if self.mode not in ("fusion", "dual"):
@@ -232,8 +235,14 @@ def _finetune(cfg: FinetuneConfig, info: DistInfo) -> Path:
     history = _loop(cfg, setup, run, opt, sched, total, steps_per_epoch, out, info)
     final = out / "finetuned.pt"
     if info.is_main:
+        extra = {}
+        if cfg.task == "qa" and cfg.qa.dual_head_epochs > 0:
+            from egovlpv2_edge.training.tasks.qa import fit_dual_qa_head
+
+            extra["dual_head"] = fit_dual_qa_head(model, tok, cfg.data, setup.vocab["answers"], cfg.qa.dual_head_epochs,
+                                                  cfg.qa.dropout, cfg.seed)  # fmt: skip
         save_finetuned(final, model, out / "tokenizer.json", cfg.task, setup.mode, setup.head, setup.vocab,
-                       setup.params, dataclasses.asdict(cfg), len(history))  # fmt: skip
+                       setup.params, dataclasses.asdict(cfg), len(history), extra)  # fmt: skip
         _plot(history, out / "curves.png", cfg.task)
         log.info("wrote %s and %s", final, out / "curves.png")
     barrier()

@@ -7,12 +7,19 @@ unfused baseline: the same head on ``[video CLS; text feature]`` of the two inde
 Questions that come with choices can also be answered by VTM: each choice is appended to the question and
 fused with the clip; the choice with the highest ``softmax(VTM)[match]`` wins. Fine-tuning adds a VTM loss on
 the right choice against one wrong choice (``mc_weight``) so that scoring improves too.
+
+:func:`fit_dual_qa_head` fits a third, gates-off head after training: the same classifier over the two
+L2-normalised dual embeddings ``[video embedding; text embedding]`` (:func:`embedding_features`), the vectors a
+device already keeps in its index and computes for every query, so it answers without a fused pass. Checkpoints
+carry it as ``task["dual_head"]``; the exporter writes it into the package as ``heads/qa_dual.json``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +30,10 @@ from egovlpv2_edge.tokenizer import Tokenizer
 from egovlpv2_edge.training.optim import CROSS_MARK
 from egovlpv2_edge.training.tasks.heads import QAHead
 
-__all__ = ["QATask", "choice_texts", "dual_features", "fusion_stream_from_dual", "qa_text_length",
-           "train_cross_modal_only"]  # fmt: skip
+__all__ = ["QATask", "choice_texts", "dual_features", "embedding_features", "fit_dual_qa_head",
+           "fusion_stream_from_dual", "qa_text_length", "train_cross_modal_only"]  # fmt: skip
+
+log = logging.getLogger(__name__)
 
 Mode = Literal["fusion", "dual"]
 
@@ -41,6 +50,76 @@ def dual_features(model: EgoVLPv2, video: torch.Tensor, ids: torch.Tensor, mask:
     v = model.video.features(model.video_upper_tokens(model.video_lower(video, "dual")))  # (B, Dv)
     h = model.text_upper_tokens(model.text_lower(ids, mask), mask)  # (B, L, Dt)
     return torch.cat([v, model.pool_text(h, mask)], dim=-1)
+
+
+def embedding_features(model: EgoVLPv2, video: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Gates-off ``[video embedding; text embedding]`` ``(B, 2E)``, each L2-normalised: what a package's dual QA
+    head reads (the ``video_upper`` and ``text_upper`` graph outputs)."""
+    return torch.cat([model.encode_video(video, normalize=True), model.encode_text(ids, mask, normalize=True)], -1)
+
+
+@torch.no_grad()
+def _embedding_set(model: EgoVLPv2, tokenizer: Tokenizer, data_root: Path, split: str, answers: Mapping[str, int],
+                   show: bool) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    from torch.utils.data import DataLoader
+
+    from egovlpv2_edge.progress import progress
+    from egovlpv2_edge.training.data.qa import QADataset, collate_qa, read_qa
+    from egovlpv2_edge.training.tasks._setup import ensure_task_files, read_meta
+
+    v = model.cfg.video
+    ds = QADataset(read_qa(ensure_task_files(data_root, "qa.json")), data_root / "videos", split, v.num_frames,
+                   v.img_size, "eval", read_meta(data_root))  # fmt: skip
+    device = next(model.parameters()).device
+    xs, ys, names = [], [], {i: a for a, i in ds.index.items()}
+    loader = DataLoader(ds, batch_size=32, collate_fn=collate_qa, num_workers=1)
+    for b in progress(loader, desc=f"dual QA head: {split} embeddings", disable=not show, leave=False):
+        # the question as the device encodes it: the text graph's length (model.cfg.text.max_length)
+        tok = tokenizer.encode(b["question"], max_length=model.cfg.text.max_length)
+        ids, mask = torch.from_numpy(tok.input_ids).to(device), torch.from_numpy(tok.attention_mask).to(device)
+        xs.append(embedding_features(model, b["video"].to(device), ids, mask).cpu())
+        ys.append(torch.tensor([answers.get(names[int(a)], -1) for a in b["answer"]]))
+    x, y = torch.cat(xs), torch.cat(ys)
+    return x[y >= 0], y[y >= 0]  # questions whose answer the head scores
+
+
+def fit_dual_qa_head(model: EgoVLPv2, tokenizer: Tokenizer, data_root: str | Path, answers: Sequence[str],
+                     epochs: int = 30, dropout: float = 0.2, seed: int = 0,
+                     show: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Fit the gates-off QA head on the model's dual embeddings of the QA train questions (model frozen).
+
+    Args:
+        model: The (fine-tuned or distilled) model whose embeddings the head reads.
+        tokenizer: Its tokenizer.
+        data_root: Dataset root with ``qa.json`` and ``videos/``.
+        answers: The answer vocabulary (index = class id), normally the fused QA head's, so both share ``"qa"``.
+        epochs: Epochs over the cached embeddings.
+        dropout: The head's dropout.
+        seed: Head initialisation and batch order.
+        show: Progress bar and a log line.
+
+    Returns:
+        The checkpoint entry ``{"config", "state", "answers", "questions", "train_accuracy"}``
+        (:func:`~egovlpv2_edge.training.tasks.checkpoint.dual_qa_head` reads it back).
+    """
+    from egovlpv2_edge.training.tasks.heads import fit_qa_head, head_accuracy
+
+    was_training = model.training
+    model.eval()
+    index = {a: i for i, a in enumerate(answers)}
+    x, y = _embedding_set(model, tokenizer, Path(data_root), "train", index, show)
+    model.train(was_training)
+    if len(y) == 0:
+        raise ValueError(f"no QA train question in {data_root} has an answer among the {len(answers)} given")
+    torch.manual_seed(seed)
+    head = QAHead(x.shape[1], len(answers), dropout)
+    loss = fit_qa_head(head, x, y, epochs, seed=seed)
+    acc = head_accuracy(head, x, y)
+    if show:
+        log.info("dual QA head: %d epochs on %d questions' [video; text] embeddings, loss %.3f, train accuracy %.3f",
+                 epochs, len(y), loss, acc)  # fmt: skip
+    return {"config": head.config(), "state": head.eval().state_dict(), "answers": list(answers),
+            "questions": len(y), "train_accuracy": acc}  # fmt: skip
 
 
 def choice_texts(question: str, choices: Sequence[str]) -> list[str]:

@@ -61,6 +61,13 @@ def test_qa_finetune_run_outputs_and_checkpoint_vocab(small_data, pretrained, tm
     answers = list(read_qa(small_data / "qa.json").answer_set)
     assert raw["task"]["name"] == "qa" and raw["task"]["vocab"]["answers"] == answers
     assert raw["task"]["head_config"] == {"kind": "qa", "in_dim": 32, "num_answers": len(answers), "dropout": 0.2}
+    dual = raw["task"]["dual_head"]  # the gates-off head, fitted on the final model's [video; text] embeddings
+    n_train = sum(1 for q in read_qa(small_data / "qa.json").items if q.split == "train")
+    assert dual["config"]["in_dim"] == 2 * 24 and dual["answers"] == answers and dual["questions"] == n_train
+    assert 0.0 <= dual["train_accuracy"] <= 1.0
+    from egovlpv2_edge.compress.export import checkpoint_dual_qa_head
+
+    assert checkpoint_dual_qa_head(ckpt, 24).answers == tuple(answers)
     assert raw["tokenizer_json"]
     run = load_finetuned(ckpt, expect="qa")
     assert run.mode == "fusion" and run.head is not None
