@@ -57,6 +57,7 @@ class FinetunedRun:
     vocab: dict[str, list[str]] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     run_config: dict[str, Any] = field(default_factory=dict)
+    dual_head: nn.Module | None = None  # the gates-off QA head (task["dual_head"]), over vocab["answers"]
 
 
 def _read(path: str | Path) -> dict[str, Any]:
@@ -173,5 +174,7 @@ def load_finetuned(path: str | Path, expect: str | None = None, tokenizer: str |
         head = build_head(task["head_config"])
         head.load_state_dict(task["head"])
         head.eval()
+    dual = dual_qa_head(task)
     return FinetunedRun(model, tok, task["name"], task.get("mode", ""), head, task.get("vocab", {}),
-                        task.get("params", {}), ckpt.get("run_config", {}))  # fmt: skip
+                        task.get("params", {}), ckpt.get("run_config", {}),
+                        None if dual is None else dual[0])  # fmt: skip

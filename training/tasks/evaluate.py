@@ -83,9 +83,10 @@ def _qa_loader(run: FinetunedRun, data: Path, split: str, limit: int | None) -> 
 @torch.no_grad()
 def _qa_pass(run: FinetunedRun, loader: DataLoader, length: int, shuffle: bool, feats: str = "head",
              mc: bool = False) -> dict[str, list]:  # fmt: skip
-    """One pass over a QA split: predictions, answers, types, MC picks, or dual features for the probe."""
+    """One pass over a QA split: predictions, answers, types, MC picks, or features (``feats="dual"``: the dual
+    probe's, ``"embedding"``: the gates-off head's)."""
     from egovlpv2_edge.training.evaluate import _shuffle_frames
-    from egovlpv2_edge.training.tasks.qa import QATask, dual_features
+    from egovlpv2_edge.training.tasks.qa import QATask, dual_features, embedding_features
 
     task = QATask(run.model, run.vocab["answers"], run.mode or "fusion", mc_weight=0.0)
     task.head = run.head
@@ -100,8 +101,9 @@ def _qa_pass(run: FinetunedRun, loader: DataLoader, length: int, shuffle: bool, 
         ids, mask = torch.from_numpy(tok.input_ids), torch.from_numpy(tok.attention_mask)
         out["answer"] += b["answer"].tolist()
         out["type"] += b["type"]
-        if feats == "dual":
-            out["features"].append(dual_features(run.model, video, ids, mask))
+        if feats in ("dual", "embedding"):
+            make = dual_features if feats == "dual" else embedding_features
+            out["features"].append(make(run.model, video, ids, mask))
             continue
         logits = task.logits(video, ids, mask)
         out["pred"] += logits.argmax(-1).tolist()
@@ -163,12 +165,20 @@ def evaluate_qa(run: FinetunedRun, data: str | Path, split: str = "test", shuffl
         with torch.no_grad():
             pred = head(torch.cat(te["features"])).argmax(-1).tolist()
         table.add("same head on dual features", qa_accuracy(pred, te["answer"], te["type"]))
+    if run.dual_head is not None:  # the gates-off head a package answers with (dual embeddings, device length)
+        te = _qa_pass(run, test, run.model.cfg.text.max_length, shuffle=False, feats="embedding")
+        with torch.no_grad():
+            pred = run.dual_head(torch.cat(te["features"])).argmax(-1).tolist()
+        table.add("gates-off head (dual embeddings)", qa_accuracy(pred, te["answer"], te["type"]))
     if res["mc_gold"]:
         for name, key in (("VTM score", "mc_vtm"), ("head", "mc_head")):
             table.add(f"multiple choice: {name}", {"all": 100.0 * float(np.mean(np.equal(res[key], res["mc_gold"])))})
         table.add("multiple choice: chance", {"all": 100.0 * float(np.mean(1.0 / np.asarray(res["mc_n"])))})
     table.notes.append("dual-feature head: the same QA head trained here on frozen [video CLS; text] features of "
                        "the same backbone with the gates off")  # fmt: skip
+    if run.dual_head is not None:
+        table.notes.append("gates-off head: the checkpoint's head on [video embedding; text embedding] (the package's "
+                           "heads/qa_dual.json), questions at the text graph's length")  # fmt: skip
     return table
 
 

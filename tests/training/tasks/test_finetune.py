@@ -82,7 +82,8 @@ def test_qa_finetune_run_outputs_and_checkpoint_vocab(small_data, pretrained, tm
     assert eval_main(argv) == 0
     text = capsys.readouterr().out
     for row in ("model (fusion head)", "model, shuffled frames", "answer prior (per type)",
-                "same head on dual features", "multiple choice: VTM score", "multiple choice: chance"):  # fmt: skip
+                "same head on dual features", "gates-off head (dual embeddings)", "multiple choice: VTM score",
+                "multiple choice: chance"):  # fmt: skip
         assert row in text
     table = json.loads(res.read_text())["rows"]
     n_choices = [len(q.choices) for q in read_qa(small_data / "qa.json").split("test")]
