@@ -4,7 +4,8 @@ For the teacher (QA-tuned, FP32), the distilled student (FP32) and the quantized
 precision), on held-out data:
 
 * EgoMCQ inter/intra accuracy with dual (cosine, gates off), fusion (VTM, gates on) and ensemble scoring;
-* QA multiple choice: each choice scored by the fused VTM head on "question choice" over the question's window;
+* QA multiple choice: each choice scored by the fused VTM head on "question choice" over the question's window,
+  and by the gates-off QA head restricted to the choices;
 * QA without choices: the package's QA head (the fused graph's ``qa_logits``) on the question over its window,
   top answer of the ``"qa"`` vocabulary against the truth (the teacher's fine-tuned head, the students' distilled
   one), and the package's gates-off QA head (``heads/qa_dual.json``) on the clip's and the question's dual
@@ -90,10 +91,12 @@ def qa_multiple_choice(encoder: Any, items: list[dict[str, Any]]) -> dict[str, f
 def qa_heads(encoder: Any, items: list[dict[str, Any]], vocab: list[str], fused: bool,
              dual: Any) -> dict[str, dict[str, float]]:  # fmt: skip
     """Percent of QA questions whose top answer over the question's window is the truth, per QA head the package
-    has: ``fused`` (the fused graph's ``qa_logits``) and ``dual`` (the gates-off head on the dual embeddings)."""
+    has: ``fused`` (the fused graph's ``qa_logits``) and ``dual`` (the gates-off head on the dual embeddings), and
+    ``dual_mc``: the gates-off head restricted to the question's choices (multiple choice)."""
     from egovlpv2_edge.graphs import QA_OUTPUT
 
-    right: dict[str, list[bool]] = {"fused": [], "dual": []}
+    right: dict[str, list[bool]] = {"fused": [], "dual": [], "dual_mc": []}
+    index = {a: i for i, a in enumerate(vocab)}
     for it in items:
         clip = encoder.encode_clips(it["video"][None])  # tokens (1, T, Dv), embeddings (1, E)
         if fused:
@@ -102,6 +105,9 @@ def qa_heads(encoder: Any, items: list[dict[str, Any]], vocab: list[str], fused:
         if dual is not None:
             logits = dual.logits(clip.embeddings, encoder.encode_texts([it["question"]])[0])[0]  # (A,)
             right["dual"].append(vocab[int(np.argmax(logits))] == it["answer_text"])
+            if it["choices"] and all(c in index for c in it["choices"]):  # restricted to the choices, as ask does
+                pick = int(np.argmax(logits[[index[c] for c in it["choices"]]]))
+                right["dual_mc"].append(pick == it["answer_choice"])
     return {k: {"accuracy": 100.0 * float(np.mean(r)) if r else 0.0, "n": len(r)} for k, r in right.items() if r}
 
 
@@ -166,6 +172,7 @@ def _package_eval(path: Path, data: Path, limit: int, cache: dict[tuple[int, int
         "qa_mc": qa_multiple_choice(encoder, c["qa"]),
         "qa_head": heads.get("fused"),
         "qa_dual": heads.get("dual"),
+        "qa_dual_mc": heads.get("dual_mc"),
         "recall": recall(encoder, c["clips"]),
         "latency": clip_latency(encoder, c["mcq"][0]["video"]),
     }

@@ -26,17 +26,19 @@ def _accuracy(ev: dict[str, Any]) -> list[str]:
         f"QA multiple choice by VTM over {ev['teacher']['qa_mc']['n']} test questions, chance "
         f"{ev['teacher']['qa_mc']['chance']:.0f}%; text-to-video over {ev['teacher']['recall']['clips']} test clips):",
         "",
-        "| stage | EgoMCQ inter | EgoMCQ intra | QA (MC, VTM) | QA (fused head) | QA (gates-off head) | R@1 | R@5 "
-        "| R@10 | params M | GMACs/clip | graphs MB | ms/clip b1 | ms/clip b8 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| stage | EgoMCQ inter | EgoMCQ intra | QA (MC, VTM) | QA (MC, gates-off head) | QA (fused head) "
+        "| QA (gates-off head) | R@1 | R@5 | R@10 | params M | GMACs/clip | graphs MB | ms/clip b1 | ms/clip b8 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, name in ROWS:
         r = ev[key]
         m, rec, lat = r["egomcq"]["ensemble"], r["recall"], r["latency"]
         head = f"{r['qa_head']['accuracy']:.1f}" if r.get("qa_head") else "-"
         dual = f"{r['qa_dual']['accuracy']:.1f}" if r.get("qa_dual") else "-"
+        dual_mc = f"{r['qa_dual_mc']['accuracy']:.1f}" if r.get("qa_dual_mc") else "-"
         lines.append(
-            f"| {name} | {m['inter']:.1f} | {m['intra']:.1f} | {r['qa_mc']['accuracy']:.1f} | {head} | {dual} | "
+            f"| {name} | {m['inter']:.1f} | {m['intra']:.1f} | {r['qa_mc']['accuracy']:.1f} | {dual_mc} | {head} | "
+            f"{dual} | "
             f"{rec['R@1']:.1f} | {rec['R@5']:.1f} | {rec['R@10']:.1f} | {_num(r, 'params_m', 1)} | "
             f"{_num(r, 'gmacs_per_clip', 3)} | {r['graph_bytes'] / 1e6:.1f} | "
             f"{lat['batch1_ms_per_clip']:.2f} | {lat['batch8_ms_per_clip']:.2f} |"
@@ -48,7 +50,8 @@ def _accuracy(ev: dict[str, Any]) -> list[str]:
     head = ev["teacher_qa_head"]
     lines += ["", "QA (fused head): the package's QA head (fused graph's qa_logits) without choices, same questions; "
               "QA (gates-off head): the package's heads/qa_dual.json on the clip's and the question's dual "
-              "embeddings (no fused pass), same questions.",
+              "embeddings (no fused pass), same questions; QA (MC, gates-off head): that head's answers restricted "
+              "to each question's choices.",
               f"QA answer head of the QA-tuned teacher in PyTorch ({head['task']}):"]  # fmt: skip
     lines += [f"- {row}: " + ", ".join(f"{k} {v:.1f}" for k, v in vals.items()) for row, vals in head["rows"].items()]
     return lines
@@ -86,12 +89,14 @@ def _stream(demo: Any) -> list[str]:
         top = r["moments"][0] if r["moments"] else {"start": float("nan"), "end": float("nan")}
         lines.append(f'- "{r["query"]}" ({r["occurrences"]} occurrences): top {top["start"]:.0f}-{top["end"]:.0f} s, '
                      f"hit@1 {r['hit_at_1']}, hit@5 {r['hit_at_k']}, {r['search_ms']:.1f} ms")  # fmt: skip
-    lines += ["", "Questions (ask with choices: fused VTM over the best-matching clips' cached tokens; without "
-              "choices: the package's QA head, the gates-off one when it has one, over the best-matching "
-              "clips):"]  # fmt: skip
+    lines += ["", "Questions (ask with and without choices over the best-matching clips; the head that answered in "
+              "brackets: dual = the gates-off QA head on stored embeddings, vtm = the fused VTM head on "
+              "\"question choice\", fused = the fused graph's qa_logits):"]  # fmt: skip
     for r in a["questions"]:
         verdict = "right" if r["correct"] else f"wrong (truth: {r['truth']})"
-        line = f'- "{r["question"]}" -> {r["answer"]} ({100 * r["confidence"]:.0f}%), {verdict}, {r["ask_ms"]:.0f} ms'
+        by = f" [{r['head']}]" if r.get("head") else ""
+        line = (f'- "{r["question"]}" -> {r["answer"]}{by} ({100 * r["confidence"]:.0f}%), {verdict}, '
+                f"{r['ask_ms']:.0f} ms")  # fmt: skip
         if r.get("free"):
             f = r["free"]
             line += (f"; without choices -> {f['answer']} ({100 * f['confidence']:.0f}%), "

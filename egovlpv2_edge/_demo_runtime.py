@@ -6,9 +6,10 @@ sampler -> batched ONNX Runtime encoder (the quantized student package) -> clip 
 (lossless). The real-time factor is the video's length over the wall time.
 
 ``stage_ask`` reopens the index without a source and asks it things: ``search`` (gates off) for narrations that
-occur in the day, scored against where they really occur, and ``ask`` (gates on) for held-out QA questions, once
-with their choices (the fused VTM head scores each "question choice") and once free-form, without choices (the
-package's QA head, the distilled student's, answers from its vocabulary). No torch in this stage's code path.
+occur in the day, scored against where they really occur, and ``ask`` for held-out QA questions, once with their
+choices and once free-form, without choices, each answered by the head ``ask`` picks by default (the package's
+gates-off QA head on the stored embeddings when it has one, restricted to the choices when there are choices; else
+the fused layers: VTM on "question choice", or the graph's ``qa_logits``). No torch in this stage's code path.
 ``retrieved_moments.png`` shows the moments and answers.
 """
 
@@ -157,6 +158,7 @@ def _questions(rt: Any, data: Path, pieces: list[dict[str, Any]]) -> list[dict[s
         span = [(off + q["start"], off + q["end"])]
         out.append({"question": q["question"], "type": q["type"], "choices": q["choices"], "truth": q["answer"],
                     "answer": a.answer, "confidence": a.confidence, "correct": a.answer == q["answer"], "ask_ms": ms,
+                    "head": a.head,
                     "moments": [_moment(m, _overlaps(m, span)) for m in a.evidence[:SHOW]]})  # fmt: skip
         if no_head is None:
             try:

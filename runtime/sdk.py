@@ -6,8 +6,8 @@ safe from any number of threads while it streams, and switch between EgoVLPv2's 
 anything (arXiv 2307.05463, Sec. 3):
 
 * ``search`` runs with the gates off: one cached text embedding against the stored clip embeddings;
-* ``ask`` runs with the gates on: the fused top layers over the cached tokens of the best-matching (or, with
-  ``window``, the most recent) clips. With ``choices`` each choice is scored by the fused VTM head on
+* ``ask(head="fused")`` runs with the gates on: the fused top layers over the cached tokens of the best-matching
+  (or, with ``window``, the most recent) clips. With ``choices`` each choice is scored by the fused VTM head on
   "question choice"; without, the package needs a QA head (an answer vocabulary ``"qa"`` and a fused graph with
   a ``qa_logits`` output, exported from a fine-tuned or distilled checkpoint), else :class:`NoQAHeadError` says
   to pass choices. The QA head's answer distributions of the evidence clips are averaged, each clip weighted by
@@ -15,8 +15,9 @@ anything (arXiv 2307.05463, Sec. 3):
   about decide the answer and an unrelated clip among the ``k`` counts for little.
 * ``ask`` with the package's gates-off QA head (``heads/qa_dual.json``, ``head="dual"``, the default when the
   package has one) answers from the index alone: the head reads each evidence clip's stored embedding with the
-  question's text embedding, and the clips are weighted by ``softmax(cosine / temperature)``. No fused pass runs
-  and every indexed clip can be evidence (not only those whose tokens are still cached).
+  question's text embedding, and the clips are weighted by ``softmax(cosine / temperature)``; choices that are
+  all among its answers are scored by its distribution restricted to them. No fused pass runs and every indexed
+  clip can be evidence (not only those whose tokens are still cached).
 
 The index remembers which package wrote it (``package.json`` beside the index files): embeddings of different
 models are not comparable, so opening an index with another package raises :class:`PackageMismatchError`.
@@ -170,20 +171,24 @@ class EdgeRuntime:
 
         Args:
             question: The question, e.g. ``"what did I pick up?"``.
-            choices: Candidate answers; each is scored by the fused VTM head on ``"question choice"`` (words at
-                the start of the question give way when the pair is longer than the model reads), gates on, over
-                the cached tokens of the best-matching clips. Required unless the package has a QA head; without
-                them a head answers from the ``"qa"`` vocabulary (``confidence`` is the top probability of the
-                evidence clips' mixed answer distributions, ``scores`` the top 5, ``evidence`` the clips by match).
+            choices: Candidate answers. The gates-off QA head scores them when the package has one and every choice
+                is one of its ``"qa"`` answers (its answer distribution restricted to the choices); otherwise each
+                is scored by the fused VTM head on ``"question choice"`` (words at the start of the question give
+                way when the pair is longer than the model reads), gates on, over the cached tokens of the
+                best-matching clips. Required unless the package has a QA head; without them a head answers from
+                the ``"qa"`` vocabulary (``confidence`` is the top probability of the evidence clips' mixed answer
+                distributions, ``scores`` the top 5, ``evidence`` the clips by match).
             k: How many clips the answer is read from.
             window: Only clips ending in the last ``window`` seconds before the newest clip.
-            head: Without choices, which QA head answers: ``"dual"`` the gates-off head over the stored clip
-                embeddings and the question's embedding (clips weighted by ``softmax(cosine / temperature)``),
-                ``"fused"`` the fused graph's ``qa_logits`` over cached tokens, gates on (clips weighted by
-                ``softmax`` of their VTM log-odds); ``"auto"`` the gates-off head when the package has one.
+            head: Which head answers: ``"dual"`` the gates-off QA head over the stored clip embeddings and the
+                question's embedding (clips weighted by ``softmax(cosine / temperature)``), ``"fused"`` the fused
+                layers over cached tokens, gates on (without choices the graph's ``qa_logits``, clips weighted by
+                ``softmax`` of their VTM log-odds; with choices VTM); ``"auto"`` the gates-off head when the
+                package has one (and, with choices, every choice is among its answers), else the fused layers.
 
         Raises:
-            QueryError: Empty or over-long question or choice, fewer than two choices.
+            QueryError: Empty or over-long question or choice, fewer than two choices, or ``head="dual"`` with
+                a choice that is not one of the gates-off head's answers.
             NoQAHeadError: No choices and no QA head in the package (or not the ``head`` asked for).
             NotReadyError: No usable clip is indexed (in the window) yet.
             ValueError: ``head`` is not one of ``auto``, ``fused``, ``dual``.
@@ -191,13 +196,18 @@ class EdgeRuntime:
         t0 = time.perf_counter()
         check_query(question)
         choices = _check_choices(choices)
-        which = self._qa_head(head) if choices is None else None
+        which = self._qa_head(head) if choices is None else self._choice_head(head, choices)
         if which == "dual":
             vocab = list(self.package.manifest.answer_vocabs[QA_VOCAB])
             hits, vectors, query = self._dual_evidence(question, k, window)
             weights = _cosine_weights(hits, self._temperature)
-            logits = cast(DualQAHead, self._dual).logits(vectors, query)  # (B, A); _qa_head checked it is there
-            answer = _mixed_answer(vocab, hits, logits, weights, "dual")
+            logits = cast(DualQAHead, self._dual).logits(vectors, query)  # (B, A); the head is there (checked)
+            if choices is None:
+                answer = _mixed_answer(vocab, hits, logits, weights, "dual")
+            else:  # the head's distribution restricted to the choices
+                index = {a: i for i, a in enumerate(vocab)}
+                picked = logits[:, [index[c] for c in choices]]
+                answer = _mixed_answer(choices, hits, picked, weights, "dual", top=len(choices))
         else:
             hits, tokens = self._evidence(question, k, window)
             if choices is not None:
@@ -232,6 +242,26 @@ class EdgeRuntime:
                 "pass head='auto' or choices=[...]"
             )
         return which
+
+    def _choice_head(self, head: str, choices: list[str]) -> str:
+        """``"dual"`` (the gates-off head scores the choices) or ``"fused"`` (VTM) for a question with choices."""
+        if head not in QA_HEADS:
+            raise ValueError(f"head={head!r}; valid: {', '.join(QA_HEADS)}")
+        if head == "fused":
+            return "fused"
+        vocab = set(self.package.manifest.answer_vocabs.get(QA_VOCAB, ())) if self._dual is not None else set()
+        unknown = [c for c in choices if c not in vocab]
+        if head == "dual" and self._dual is None:
+            raise NoQAHeadError(
+                f"package {self.package.manifest.name!r} has no gates-off QA head {DUAL_QA_HEAD!r}; "
+                "pass head='auto' or head='fused' to score the choices with the VTM head"
+            )
+        if head == "dual" and unknown:
+            raise QueryError(
+                f"choices {unknown[:5]} are not answers of the gates-off QA head ({len(vocab)} answers in the "
+                f"package's {QA_VOCAB!r} vocabulary); pass head='fused' to score free-text choices with the VTM head"
+            )
+        return "dual" if self._dual is not None and not unknown else "fused"
 
     @property
     def _temperature(self) -> float:
@@ -462,14 +492,15 @@ def _moment(hit: Hit, score: float) -> Moment:
     return Moment(hit.id, hit.start, hit.end, float(score), hit.source, hit.thumbnail)
 
 
-def _mixed_answer(vocab: list[str], hits: Sequence[Hit], logits: np.ndarray, weights: np.ndarray, head: str) -> Answer:
+def _mixed_answer(vocab: list[str], hits: Sequence[Hit], logits: np.ndarray, weights: np.ndarray, head: str,
+                  top: int = 5) -> Answer:  # fmt: skip
     """Per-clip answer distributions ``softmax(logits)`` ``(B, A)`` mixed with clip ``weights`` ``(B,)``; evidence
-    by weight, each with its hit's score."""
+    by weight, each with its hit's score; ``top`` answers in ``scores``."""
     probs = (weights[:, None] * np.apply_along_axis(_softmax, 1, logits.astype(np.float64))).sum(axis=0)  # (A,)
     best = int(probs.argmax())
     evidence = tuple(_moment(hits[i], hits[i].score) for i in np.argsort(-weights, kind="stable"))
-    top = np.argsort(-probs, kind="stable")[:5]
-    return Answer(vocab[best], float(probs[best]), evidence, tuple((vocab[i], float(probs[i])) for i in top), head)
+    ranked = np.argsort(-probs, kind="stable")[:top]
+    return Answer(vocab[best], float(probs[best]), evidence, tuple((vocab[i], float(probs[i])) for i in ranked), head)
 
 
 def _cosine_weights(hits: Sequence[Hit], temperature: float) -> np.ndarray:

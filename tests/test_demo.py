@@ -32,6 +32,7 @@ def _check_outputs(out) -> None:
         assert set(ev[key]["egomcq"]["ensemble"]) == {"inter", "intra"} and ev[key]["qa_mc"]["n"] > 0
         assert ev[key]["qa_head"]["n"] == ev[key]["qa_mc"]["n"], "every package answers with its QA head"
         assert ev[key]["qa_dual"]["n"] == ev[key]["qa_mc"]["n"], "... and with its gates-off QA head"
+        assert ev[key]["qa_dual_mc"]["n"] == ev[key]["qa_mc"]["n"], "... also restricted to the choices"
         assert 0 <= ev[key]["recall"]["R@1"] <= ev[key]["recall"]["R@10"] <= 100
     assert ev["teacher_qa_head"]["rows"], "the QA head of the tuned teacher is evaluated"
     stream = json.loads((out / "stream/stream.json").read_text())
@@ -42,6 +43,7 @@ def _check_outputs(out) -> None:
     vocab = json.loads((out / "packages/student_edge/manifest.json").read_text())["answer_vocabs"]["qa"]
     assert all(q["free"]["answer"] in vocab for q in answers["questions"]), "ask without choices: the QA head"
     assert all(q["free"]["head"] == "dual" for q in answers["questions"]), "the gates-off head answers by default"
+    assert all(q["head"] == "dual" for q in answers["questions"]), "... also the choices, all among its answers"
     assert answers["qa_head"].startswith("the package's gates-off QA head (on the dual embeddings) answered")
     assert "qa_dual" in json.loads((out / "packages/student_edge/manifest.json").read_text())["heads"]
     report = (out / "report.md").read_text()

@@ -131,6 +131,7 @@ def test_ask_answers_with_the_gates_off_head_from_the_stored_embeddings(
 ) -> None:
     import torch
 
+    from egovlpv2_edge.runtime.encoder import QueryError
     from tests.runtime.conftest import QA_ANSWERS
 
     path, head = dual_package
@@ -161,7 +162,18 @@ def test_ask_answers_with_the_gates_off_head_from_the_stored_embeddings(
     assert egovlp(["ask", "--package", str(path), "--index", str(streamed), question, "-k", "3", "--head", "dual"]) == 0
     assert capsys.readouterr().out.startswith(f"answer: {answer.answer}  (confidence {answer.confidence:.2f}, dual)")
     with egovlpv2_edge.open(path, index=streamed) as rt:
-        assert rt.ask(question, CHOICES, k=3, head="dual").head == "vtm"  # choices still go to the VTM head
+        picked = rt.ask(question, CHOICES, k=3)  # choices among the head's answers: its distribution restricted
+        assert rt.ask(question, CHOICES, k=3, head="fused").head == "vtm"
+        assert rt.ask(question, ["a red box", "a blue cup"], k=3).head == "vtm"  # free-text choices: VTM
+        with pytest.raises(QueryError, match="choices \\['a red box'\\] are not answers of the gates-off QA head"):
+            rt.ask(question, ["a red box", "the blue cup"], k=3, head="dual")
+    assert picked.head == "dual" and picked.evidence == answer.evidence
+    sub = probs[:, [QA_ANSWERS.index(c) for c in CHOICES]]
+    restricted = (torch.softmax(cos / model.cfg.heads.temperature, 0)[:, None] * torch.softmax(
+        torch.log(sub), -1)).sum(0)  # fmt: skip
+    want = sorted(zip(CHOICES, restricted.tolist(), strict=True), key=lambda cp: -cp[1])
+    assert [c for c, _ in picked.scores] == [c for c, _ in want] and picked.answer == want[0][0]
+    np.testing.assert_allclose([p for _, p in picked.scores], [p for _, p in want], rtol=0, atol=1e-4)
 
 
 def test_ask_names_the_missing_qa_head(package: Path, qa_package: tuple[Path, object], streamed: Path) -> None:

@@ -165,13 +165,19 @@ def evaluate_qa(run: FinetunedRun, data: str | Path, split: str = "test", shuffl
         with torch.no_grad():
             pred = head(torch.cat(te["features"])).argmax(-1).tolist()
         table.add("same head on dual features", qa_accuracy(pred, te["answer"], te["type"]))
+    mc_dual: list[int] = []
     if run.dual_head is not None:  # the gates-off head a package answers with (dual embeddings, device length)
         te = _qa_pass(run, test, run.model.cfg.text.max_length, shuffle=False, feats="embedding")
         with torch.no_grad():
-            pred = run.dual_head(torch.cat(te["features"])).argmax(-1).tolist()
-        table.add("gates-off head (dual embeddings)", qa_accuracy(pred, te["answer"], te["type"]))
+            logits = run.dual_head(torch.cat(te["features"]))
+        table.add("gates-off head (dual embeddings)", qa_accuracy(logits.argmax(-1).tolist(), te["answer"], te["type"]))
+        for k, q in enumerate(test.dataset.items):  # the same head restricted to a question's choices
+            if q.choices:
+                mc_dual.append(int(torch.argmax(logits[k, [index[c] for c in q.choices]])))
     if res["mc_gold"]:
-        for name, key in (("VTM score", "mc_vtm"), ("head", "mc_head")):
+        heads = [("VTM score", "mc_vtm"), ("head", "mc_head")] + ([("gates-off head", "mc_dual")] if mc_dual else [])
+        res["mc_dual"] = mc_dual
+        for name, key in heads:
             table.add(f"multiple choice: {name}", {"all": 100.0 * float(np.mean(np.equal(res[key], res["mc_gold"])))})
         table.add("multiple choice: chance", {"all": 100.0 * float(np.mean(1.0 / np.asarray(res["mc_n"])))})
     table.notes.append("dual-feature head: the same QA head trained here on frozen [video CLS; text] features of "
