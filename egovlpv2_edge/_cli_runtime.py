@@ -156,8 +156,9 @@ def main_ask(argv: list[str] | None = None) -> int:
     p.add_argument("-k", type=int, default=5, help="clips the fused layers look at (default %(default)s)")
     p.add_argument("--window", type=float, default=None, help="only clips of the last WINDOW seconds")
     p.add_argument("--head", choices=("auto", "fused", "dual"), default="auto",
-                   help="without choices, which QA head answers: dual (gates off, from the stored clip embeddings), "
-                   "fused (gates on, qa_logits over cached tokens) or auto (dual when the package has it)")  # fmt: skip
+                   help="which head answers: dual (the gates-off QA head on the stored clip embeddings; choices "
+                   "must be among its answers), fused (gates on: qa_logits over cached tokens, VTM for choices) or "
+                   "auto (dual when the package has it and the choices allow, else fused)")  # fmt: skip
     return _guarded("ask", _ask, p.parse_args(argv))
 
 

@@ -196,6 +196,8 @@ class EdgeRuntime:
         t0 = time.perf_counter()
         check_query(question)
         choices = _check_choices(choices)
+        if head not in QA_HEADS:
+            raise ValueError(f"head={head!r}; valid: {', '.join(QA_HEADS)}")
         which = self._qa_head(head) if choices is None else self._choice_head(head, choices)
         if which == "dual":
             vocab = list(self.package.manifest.answer_vocabs[QA_VOCAB])
@@ -219,8 +221,6 @@ class EdgeRuntime:
 
     def _qa_head(self, head: str) -> str:
         """``"fused"`` or ``"dual"``: the QA head that answers a question without choices."""
-        if head not in QA_HEADS:
-            raise ValueError(f"head={head!r}; valid: {', '.join(QA_HEADS)}")
         vocabs = self.package.manifest.answer_vocabs
         have = {
             "fused": QA_OUTPUT in self.encoder.specs["fused_upper"].output_names and QA_VOCAB in vocabs,
@@ -245,8 +245,6 @@ class EdgeRuntime:
 
     def _choice_head(self, head: str, choices: list[str]) -> str:
         """``"dual"`` (the gates-off head scores the choices) or ``"fused"`` (VTM) for a question with choices."""
-        if head not in QA_HEADS:
-            raise ValueError(f"head={head!r}; valid: {', '.join(QA_HEADS)}")
         if head == "fused":
             return "fused"
         vocab = set(self.package.manifest.answer_vocabs.get(QA_VOCAB, ())) if self._dual is not None else set()
