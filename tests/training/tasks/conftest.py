@@ -18,3 +18,17 @@ def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tasks_data")
     generate_dataset(out, SMALL)
     return out
+
+
+@pytest.fixture(scope="session")
+def pretrained(small_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stand-in pre-trained checkpoint (tiny preset) with its tokenizer.json beside it."""
+    from egovlpv2_edge import create_model
+    from egovlpv2_edge.checkpoint import save_checkpoint
+    from egovlpv2_edge.training.text import load_or_train_tokenizer
+
+    out = tmp_path_factory.mktemp("teacher")
+    model = create_model("egovlpv2_test")
+    load_or_train_tokenizer(model.cfg.text, small_data / "egoclip.csv", out / "tokenizer.json")
+    save_checkpoint(model, out / "teacher.pt", step=0)
+    return out / "teacher.pt"

@@ -18,19 +18,8 @@ from egovlpv2_edge.training.cli import main as train_main
 from egovlpv2_edge.training.data.qa import read_qa
 from egovlpv2_edge.training.eval_cli import main as eval_main
 from egovlpv2_edge.training.tasks.checkpoint import TaskCheckpointError, load_finetuned
-from egovlpv2_edge.training.text import load_or_train_tokenizer
 
 COMMON = ["preset=egovlpv2_test", "batch_size=4", "num_workers=0", "threads=1", "log_every=1"]
-
-
-@pytest.fixture(scope="module")
-def pretrained(small_data, tmp_path_factory) -> Path:
-    """A stand-in pre-trained checkpoint (tiny preset) with its tokenizer.json beside it."""
-    out = tmp_path_factory.mktemp("teacher")
-    model = create_model("egovlpv2_test")
-    load_or_train_tokenizer(model.cfg.text, small_data / "egoclip.csv", out / "tokenizer.json")
-    save_checkpoint(model, out / "teacher.pt", step=0)
-    return out / "teacher.pt"
 
 
 def _finetune(task: str, data: Path, out: Path, init: Path, *extra: str) -> Path:

@@ -1,0 +1,42 @@
+"""The learnability probes (``benchmarks/probe_learnability.py``) run end to end on the tiny preset and data."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _probe():
+    spec = importlib.util.spec_from_file_location("probe_learnability", ROOT / "benchmarks" / "probe_learnability.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def _table(text: str) -> list[list[float]]:
+    return [[float(c) for c in row.strip("|").split("|")] for row in re.findall(r"^\| \d+ \|.*\|$", text, re.M)]
+
+
+def test_direction_probe_trains_the_encoder_and_the_cnn(small_data, capsys) -> None:
+    probe = _probe()
+    common = ["direction", "--data", str(small_data), "--steps", "2", "--every", "1", "--batch", "4"]
+    assert probe.main([*common, "--preset", "egovlpv2_test"]) == 0
+    rows = _table(capsys.readouterr().out)
+    assert [r[0] for r in rows] == [0, 1, 2] and all(0 <= r[2] <= 1 and 0 <= r[3] <= 1 for r in rows)
+    assert rows[1][1] > 0  # a real loss after the first step (nan before any)
+    assert probe.main([*common, "--cnn", "--frames", "4", "--size", "32"]) == 0
+    assert "direction probe, the 3D CNN, 2 steps" in capsys.readouterr().out
+
+
+def test_vtm_probe_trains_the_fused_layers_from_a_checkpoint(small_data, pretrained, capsys) -> None:
+    probe = _probe()
+    argv = ["vtm", "--data", str(small_data), "--checkpoint", str(pretrained), "--steps", "2", "--every", "2",
+            "--batch", "4", "--negatives", "hard"]  # fmt: skip
+    assert probe.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = _table(out)
+    assert [r[0] for r in rows] == [0, 2] and all(0 <= r[2] <= 1 and 0 <= r[3] <= 1 for r in rows)
+    assert f"vtm probe, {pretrained}, 2 steps" in out
