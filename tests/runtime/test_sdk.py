@@ -90,6 +90,15 @@ def test_ask_uses_a_qa_head_when_the_package_has_one(package: Path, streamed: Pa
     assert [c for c, _ in answer.scores] == ["box", "bowl", "cup"]
 
 
+def _assert_mixture(answer, answers: list[str], mixed) -> None:
+    """``answer.scores`` rank ``answers`` as the expected mixture ``mixed`` (a tensor, one probability each) does."""
+    want = sorted(zip(answers, mixed.tolist(), strict=True), key=lambda cp: -cp[1])
+    assert want[0][1] > want[1][1] + 0.05  # a clear answer, so the top answers must agree
+    assert [c for c, _ in answer.scores] == [c for c, _ in want] and answer.answer == want[0][0]
+    np.testing.assert_allclose([p for _, p in answer.scores], [p for _, p in want], rtol=0, atol=1e-4)
+    assert answer.confidence == pytest.approx(want[0][1], abs=1e-4)
+
+
 def test_ask_without_choices_answers_with_the_packaged_qa_head(
     qa_package: tuple[Path, object], exported: tuple[Path, object, object], streamed: Path, capsys
 ) -> None:
@@ -113,12 +122,7 @@ def test_ask_without_choices_answers_with_the_packaged_qa_head(
         out = model.fusion_heads(*model.fuse_upper(video, text, mask.expand(3, -1)))
         probs = torch.softmax(head(out.video_cls).double(), -1)  # (3, A)
     odds = (out.vtm_logits[:, 1] - out.vtm_logits[:, 0]).double()
-    mixed = (torch.softmax(odds, 0)[:, None] * probs).sum(0)
-    want = sorted(zip(QA_ANSWERS, mixed.tolist(), strict=True), key=lambda cp: -cp[1])
-    assert want[0][1] > want[1][1] + 0.05  # a clear answer, so the top answers must agree
-    assert [c for c, _ in answer.scores] == [c for c, _ in want] and answer.answer == want[0][0]
-    np.testing.assert_allclose([p for _, p in answer.scores], [p for _, p in want], rtol=0, atol=1e-4)
-    assert answer.confidence == pytest.approx(want[0][1], abs=1e-4)
+    _assert_mixture(answer, QA_ANSWERS, (torch.softmax(odds, 0)[:, None] * probs).sum(0))
     assert [m.score for m in answer.evidence] == pytest.approx(sorted(torch.sigmoid(odds).tolist(), reverse=True))
     with egovlpv2_edge.open(path, index=streamed) as rt:  # choices still go to the VTM head
         assert rt.ask(question, CHOICES, k=3).answer in CHOICES
@@ -154,11 +158,8 @@ def test_ask_answers_with_the_gates_off_head_from_the_stored_embeddings(
         probs = torch.softmax(head(torch.cat([v, q.expand(3, -1)], -1)).double(), -1)
     assert [m.score for m in answer.evidence] == pytest.approx(cos.tolist(), abs=1e-4)
     assert cos.tolist() == sorted(cos.tolist(), reverse=True)
-    mixed = (torch.softmax(cos / model.cfg.heads.temperature, 0)[:, None] * probs).sum(0)
-    want = sorted(zip(QA_ANSWERS, mixed.tolist(), strict=True), key=lambda cp: -cp[1])
-    assert want[0][1] > want[1][1] + 0.05  # a clear answer, so the top answers must agree
-    assert [c for c, _ in answer.scores] == [c for c, _ in want]
-    np.testing.assert_allclose([p for _, p in answer.scores], [p for _, p in want], rtol=0, atol=1e-4)
+    weights = torch.softmax(cos / model.cfg.heads.temperature, 0)[:, None]
+    _assert_mixture(answer, QA_ANSWERS, (weights * probs).sum(0))
     assert egovlp(["ask", "--package", str(path), "--index", str(streamed), question, "-k", "3", "--head", "dual"]) == 0
     assert capsys.readouterr().out.startswith(f"answer: {answer.answer}  (confidence {answer.confidence:.2f}, dual)")
     with egovlpv2_edge.open(path, index=streamed) as rt:
@@ -169,11 +170,7 @@ def test_ask_answers_with_the_gates_off_head_from_the_stored_embeddings(
             rt.ask(question, ["a red box", "the blue cup"], k=3, head="dual")
     assert picked.head == "dual" and picked.evidence == answer.evidence
     sub = probs[:, [QA_ANSWERS.index(c) for c in CHOICES]]
-    restricted = (torch.softmax(cos / model.cfg.heads.temperature, 0)[:, None] * torch.softmax(
-        torch.log(sub), -1)).sum(0)  # fmt: skip
-    want = sorted(zip(CHOICES, restricted.tolist(), strict=True), key=lambda cp: -cp[1])
-    assert [c for c, _ in picked.scores] == [c for c, _ in want] and picked.answer == want[0][0]
-    np.testing.assert_allclose([p for _, p in picked.scores], [p for _, p in want], rtol=0, atol=1e-4)
+    _assert_mixture(picked, CHOICES, (weights * torch.softmax(torch.log(sub), -1)).sum(0))
 
 
 def test_ask_names_the_missing_qa_head(package: Path, qa_package: tuple[Path, object], streamed: Path) -> None:

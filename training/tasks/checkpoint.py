@@ -127,15 +127,20 @@ def save_finetuned(path: str | Path, model: EgoVLPv2, tokenizer_file: str | Path
     return path
 
 
+def _stored_head(config: Mapping[str, Any], state: Mapping[str, Any]) -> nn.Module:
+    """A head rebuilt from its stored ``config()`` with its stored weights loaded."""
+    head = build_head(dict(config))
+    head.load_state_dict(state)
+    return head
+
+
 def qa_task_head(task: Any) -> tuple[nn.Module, str] | None:
     """The QA head a checkpoint's ``task`` entry carries (built, weights loaded) and its mode; None without one."""
     if not isinstance(task, Mapping) or not task.get("head_config") or task.get("head") is None:
         return None
     if task["head_config"].get("kind") != "qa":
         return None
-    head = build_head(dict(task["head_config"]))
-    head.load_state_dict(task["head"])
-    return head, str(task.get("mode", ""))
+    return _stored_head(task["head_config"], task["head"]), str(task.get("mode", ""))
 
 
 def dual_qa_head(task: Any) -> tuple[nn.Module, list[str], dict[str, Any]] | None:
@@ -144,10 +149,8 @@ def dual_qa_head(task: Any) -> tuple[nn.Module, list[str], dict[str, Any]] | Non
     entry = task.get("dual_head") if isinstance(task, Mapping) else None
     if not isinstance(entry, Mapping) or not entry.get("config") or entry.get("state") is None:
         return None
-    head = build_head(dict(entry["config"]))
-    head.load_state_dict(entry["state"])
     info = {k: entry[k] for k in ("questions", "train_accuracy") if k in entry}
-    return head.eval(), list(entry.get("answers") or ()), info
+    return _stored_head(entry["config"], entry["state"]).eval(), list(entry.get("answers") or ()), info
 
 
 def load_finetuned(path: str | Path, expect: str | None = None, tokenizer: str | Path | None = None) -> FinetunedRun:
@@ -169,11 +172,7 @@ def load_finetuned(path: str | Path, expect: str | None = None, tokenizer: str |
     if expect is not None and task["name"] != expect:
         raise TaskCheckpointError(f"{path} is a {task['name']!r} checkpoint, not {expect!r}")
     model, tok = load_backbone(path, tokenizer)
-    head = None
-    if task.get("head_config"):
-        head = build_head(task["head_config"])
-        head.load_state_dict(task["head"])
-        head.eval()
+    head = _stored_head(task["head_config"], task["head"]).eval() if task.get("head_config") else None
     dual = dual_qa_head(task)
     return FinetunedRun(model, tok, task["name"], task.get("mode", ""), head, task.get("vocab", {}),
                         task.get("params", {}), ckpt.get("run_config", {}),
