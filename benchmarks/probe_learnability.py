@@ -3,15 +3,17 @@
     python benchmarks/probe_learnability.py direction --data DATA [--checkpoint CKPT | --preset egovlpv2_small]
         [--steps 300] [--lr 2e-4] [--batch 32] [--cnn]
     python benchmarks/probe_learnability.py vtm --data DATA --checkpoint CKPT [--steps 200] [--lr 1e-4]
-        [--cross-lr-mult 4] [--negatives random|hard]
+        [--cross-lr-mult 4] [--video-lr-mult 5] [--standardize] [--negatives random|hard]
 
 ``direction``: the video encoder (the checkpoint's, or a fresh one of ``--preset``) plus a linear head, trained to
 tell training clips whose verb has a reverse in the taxonomy (pick up / put down, open / close, ...) from the same
 clips played backwards; each batch holds both. ``--cnn`` trains a three-layer 3D CNN on the same clips instead, as
 a reference for how learnable the signal is. ``vtm``: the checkpoint's fused layers and VTM head trained on VTM
 alone (half matched pairs, half negatives: random clips of another action, or, with ``--negatives hard``, sampled
-from the dual similarity as pre-training does), with the text backbone locked as in the CPU recipe. Both print
-held-out accuracy (chance 50%) as they go and a table at the end. Clips are decoded once, with the eval transform.
+from the dual similarity as pre-training does), with the text backbone locked as in the CPU recipe;
+``--video-lr-mult 0`` locks the video backbone too and ``--standardize`` starts the VTM poolers from the training
+pairs' statistics. Both print held-out accuracy (chance 50%) as they go and a table at the end. Clips are decoded
+once, with the eval transform.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from egovlpv2_edge.model import EgoVLPv2, create_model
+from egovlpv2_edge.model.heads import moments
 from egovlpv2_edge.tokenizer import Tokenizer
 from egovlpv2_edge.training.data.dataset import EgoClipDataset
 
@@ -128,11 +131,11 @@ def _vtm(args: argparse.Namespace) -> list[tuple[int, float, float, float]]:
     groups: dict[str, list[nn.Parameter]] = {"backbone": [], "cross": []}
     for name, p in model.named_parameters():
         cross = "cross" in name or name.startswith(("heads", "fusion"))
-        if name.startswith("text.") and not cross:
+        if not cross and (name.startswith("text.") or args.video_lr_mult == 0):
             p.requires_grad_(False)  # the CPU recipe's locked text backbone (its cross-attention still trains)
-        else:
+        elif p.requires_grad:
             groups["cross" if cross else "backbone"].append(p)
-    opt = torch.optim.AdamW([{"params": groups["backbone"], "lr": args.lr * 5},
+    opt = torch.optim.AdamW([{"params": groups["backbone"], "lr": args.lr * args.video_lr_mult},
                              {"params": groups["cross"], "lr": args.lr * args.cross_lr_mult}])  # fmt: skip
 
     def encode(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,6 +174,12 @@ def _vtm(args: argparse.Namespace) -> list[tuple[int, float, float, float]]:
         return right / max(total, 1)
 
     gen = torch.Generator().manual_seed(args.seed)
+    if args.standardize:  # the VTM poolers start from 256 training pairs' statistics (loss.vtm_standardize)
+        with torch.no_grad():
+            x, ids, mask, _ = pairs(train, torch.randint(len(train["text"]), (256,), generator=gen), False, gen)
+            out = model.forward_fusion(x, ids, mask)
+            text, video = model.heads.vtm_pooler_inputs(out.video_cls, out.text_tokens)
+            model.heads.standardize_poolers(moments(text), moments(video))
     rows, loss = [], float("nan")
     for step in range(args.steps + 1):
         if step % args.every == 0 or step == args.steps:
@@ -201,6 +210,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=32, help="clips (direction: and their reversals) per step")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--cross-lr-mult", type=float, default=4.0, help="vtm: rate multiplier of cross-modal parameters")
+    p.add_argument(
+        "--video-lr-mult",
+        type=float,
+        default=5.0,
+        help="vtm: rate multiplier of the video backbone (0 locks it; default %(default)s)",
+    )
+    p.add_argument(
+        "--standardize",
+        action="store_true",
+        help="vtm: start the VTM poolers from the training pairs' statistics (loss.vtm_standardize)",
+    )
     p.add_argument("--negatives", choices=("random", "hard"), default="random", help="vtm: negative pairs")
     p.add_argument("--cnn", action="store_true", help="direction: a 3D CNN instead of the model's video encoder")
     p.add_argument("--frames", type=int, default=4, help="direction --cnn: frames per clip")

@@ -15,6 +15,7 @@ from torch import nn
 
 HEAD_PREFIXES = ("txt_proj.", "vid_proj.", "heads.")
 CROSS_MARK = ".cross."
+FUSED_PREFIXES = ("heads.", "fusion_")  # trained by fused passes only (with every cross-attention branch)
 
 
 def param_groups(
@@ -25,6 +26,7 @@ def param_groups(
     video_lr_mult: float = 1.0,
     gate_lr_mult: float = 1.0,
     text_lr_mult: float = 1.0,
+    fused_role: bool = False,
 ) -> list[dict[str, Any]]:
     """Groups by role (video backbone, text backbone, heads and cross-modal) and decay; empty groups dropped.
 
@@ -32,8 +34,12 @@ def param_groups(
     ImageNet weights as in the paper, wants a larger one). ``gate_lr_mult`` scales the gates beyond the head rate:
     they start at 0, and the cross-attention they multiply gets no gradient until they move. ``text_lr_mult``
     scales the text backbone's rate (0 after :func:`lock_text_backbone`, whose frozen parameters are skipped).
+    ``fused_role`` puts what only fused passes train (cross-attention branches, VTM and MLM heads, the fusion
+    stream's norm and CLS token) in groups of their own, ``xmodal_*``, at the head rate, so that
+    :func:`cosine_schedule` can run their schedule over the fused phase alone; gates stay in ``gate_*``.
     """
     mult = {"video": video_lr_mult, "text": text_lr_mult, "head": head_lr_mult, "gate": head_lr_mult * gate_lr_mult}
+    mult["xmodal"] = head_lr_mult
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -41,6 +47,8 @@ def param_groups(
         role = "head" if name.startswith(HEAD_PREFIXES) or CROSS_MARK in name else "video"
         if role == "video" and not name.startswith("video."):
             role = "text" if name.startswith("text.") else "head"
+        if fused_role and (CROSS_MARK in name or name.startswith(FUSED_PREFIXES)):
+            role = "xmodal"
         if name.endswith(".cross.gate"):
             role = "gate"
         decay = p.ndim >= 2 and "embed" not in name.split(".")[-1] and "token" not in name
@@ -81,7 +89,14 @@ def reference_groups(model: nn.Module, cfg: Any) -> list[dict[str, Any]]:
     if cfg.text_lr_mult == 0:
         lock_text_backbone(model)
     return param_groups(
-        model, cfg.lr, cfg.head_lr_mult, cfg.weight_decay, cfg.video_lr_mult, cfg.gate_lr_mult, cfg.text_lr_mult
+        model,
+        cfg.lr,
+        cfg.head_lr_mult,
+        cfg.weight_decay,
+        cfg.video_lr_mult,
+        cfg.gate_lr_mult,
+        cfg.text_lr_mult,
+        cfg.fused_schedule,
     )
 
 
@@ -90,14 +105,31 @@ def build_optimizer(model: nn.Module, cfg: Any) -> torch.optim.AdamW:
     return torch.optim.AdamW(reference_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
-def cosine_schedule(opt: torch.optim.Optimizer, total_steps: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup over ``warmup`` of the steps, then cosine decay to 0."""
-    warm = max(1, int(total_steps * warmup))
+def cosine_schedule(
+    opt: torch.optim.Optimizer, total_steps: int, warmup: float, fused_from: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup over ``warmup`` of the steps, then cosine decay to 0.
 
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        progress = (step - warm) / max(1, total_steps - warm)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    With ``fused_from`` > 0 the ``xmodal_*`` groups (:func:`param_groups` with ``fused_role``) run the same shape
+    over steps ``fused_from..total_steps`` only: they get no gradient before the fused losses join, so their
+    schedule starts when those do instead of at a rate already decayed by the dual phase.
+    """
 
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    def shape(start: int) -> Any:
+        span = max(1, total_steps - start)
+        warm = max(1, int(span * warmup))
+
+        def factor(step: int) -> float:
+            step -= start
+            if step < 0:
+                return 0.0
+            if step < warm:
+                return (step + 1) / warm
+            progress = (step - warm) / max(1, span - warm)
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+        return factor
+
+    main, fused = shape(0), shape(fused_from)
+    lambdas = [fused if fused_from > 0 and g.get("name", "").startswith("xmodal") else main for g in opt.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambdas)

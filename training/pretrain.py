@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from egovlpv2_edge.model import EgoVLPv2
+from egovlpv2_edge.model.heads import moments
 from egovlpv2_edge.training.distributed import all_reduce_sum, gather_no_grad, gather_with_local_grad
 from egovlpv2_edge.training.losses import (
     egonce_loss,
@@ -43,6 +44,10 @@ class LossConfig:
     # weight of the shuffled-frames term: every clip must match its text better than the same clip with its frames
     # in another order (one random non-identity permutation per step); 0 skips the extra video pass
     shuffle_weight: float = 0.0
+    # start the VTM head's poolers from the first fused step's statistics (FusionHeads.standardize_poolers), so the
+    # small pair-to-pair variation of the fused text and video CLS reaches their tanh; False (the paper) keeps the
+    # usual init
+    vtm_standardize: bool = False
 
 
 def shuffled_order(frames: int, gen: torch.Generator) -> torch.Tensor:
@@ -161,6 +166,8 @@ class PretrainTask(nn.Module):
             plan = vtm_plan(sim, pos, m.temperature, gen)
             all_video = gather_no_grad(video)[order]
             ti, vi = plan.text_index[mine].to(video.device), plan.video_index[mine].to(video.device)
+            if cfg.vtm_standardize and int(step) == self.fusion_from:
+                self._standardize_vtm(all_video[vi], all_ids[ti], all_mask[ti])
             fused = m.forward_fusion(all_video[vi], all_ids[ti], all_mask[ti])
             vtm = F.cross_entropy(fused.vtm_logits, plan.labels[mine].to(video.device), reduction="sum") / N
 
@@ -181,6 +188,14 @@ class PretrainTask(nn.Module):
         logs["loss"] = logs["egonce"] + cfg.mlm_weight * logs["mlm"] + cfg.vtm_weight * logs["vtm"]
         logs["loss"] = logs["loss"] + cfg.reverse_weight * logs["reverse"] + cfg.shuffle_weight * logs["shuffle"]
         return loss * world, logs
+
+    @torch.no_grad()
+    def _standardize_vtm(self, video: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """Start the VTM poolers from this step's pairs, their statistics summed over processes."""
+        m = self.model
+        out = m.forward_fusion(video, input_ids, attention_mask)
+        text, vid = m.heads.vtm_pooler_inputs(out.video_cls, out.text_tokens)
+        m.heads.standardize_poolers(all_reduce_sum(moments(text)), all_reduce_sum(moments(vid)))
 
     def _reverse_loss(
         self, video: torch.Tensor, verb: torch.Tensor, text: torch.Tensor, vid: torch.Tensor

@@ -46,6 +46,9 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-8
     warmup: float = 0.1  # share of steps with linear warmup
+    # cross-modal parameters (cross-attention, VTM/MLM heads, fusion norm and CLS) in groups of their own whose
+    # warmup and cosine run over the fused phase (loss.fusion_start to the end) instead of the whole run
+    fused_schedule: bool = False
     grad_clip: float = 1.0  # max grad norm (0 = off)
 
 
@@ -257,7 +260,7 @@ def train(cfg: PretrainConfig) -> Path:
             device_ids=[info.local_rank] if info.device.type == "cuda" else None,
             find_unused_parameters=some_unused,
         )
-    sched = cosine_schedule(opt, total, cfg.optim.warmup)
+    sched = cosine_schedule(opt, total, cfg.optim.warmup, fusion_from if cfg.optim.fused_schedule else 0)
     scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.amp == "fp16")
     state = _State()
     if cfg.resume and (out / "last.pt").is_file():

@@ -15,6 +15,13 @@ from torch import nn
 from egovlpv2_edge.config import HeadConfig
 
 
+def moments(x: torch.Tensor) -> torch.Tensor:
+    """``(3, D)``: count, per-channel sum and sum of squares of ``x`` ``(B, D)`` (what processes can sum), in
+    float64: the variance is their difference, small beside a large shared offset."""
+    x = x.detach().double()
+    return torch.stack([torch.full_like(x[0], x.shape[0]), x.sum(0), (x * x).sum(0)])
+
+
 def build_projection(cfg: HeadConfig, width: int, modality: str) -> nn.Sequential:
     """The joint-space projection for one modality (``"text"`` or ``"video"``)."""
     if cfg.projection == "mlp":
@@ -78,9 +85,38 @@ class FusionHeads(nn.Module):
         """VTM logits ``(B, 2)`` from the normalised fused video CLS ``(B, Dv)`` and fused text ``(B, L, Dt)``."""
         if self.vtm is None:
             raise ValueError("this model has no VTM head (heads.vtm is false in its config)")
-        text = self.text_pooler(self.text_transform(text_tokens[:, 0]))
-        video = self.video_pooler(self.video_transform(video_cls))
-        return self.vtm(torch.cat([text, video], dim=-1))
+        text, video = self.vtm_pooler_inputs(video_cls, text_tokens)
+        return self.vtm(torch.cat([self.text_pooler(text), self.video_pooler(video)], dim=-1))
+
+    def vtm_pooler_inputs(
+        self, video_cls: torch.Tensor, text_tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the text and video poolers read: ``(text (B, Dt), video (B, Dt))``."""
+        return self.text_transform(text_tokens[:, 0]), self.video_transform(video_cls)
+
+    @torch.no_grad()
+    def standardize_poolers(self, text_moments: torch.Tensor, video_moments: torch.Tensor) -> None:
+        """Data-dependent start of the VTM head: each pooler then sees its input standardised per channel.
+
+        The fused text ``<s>`` and video CLS vary little from pair to pair around a large shared offset, so with
+        the usual init the poolers' tanh reads almost the same input for every pair and VTM stays at chance
+        for hundreds of steps. Folding ``(x - mean) / std`` into each pooler's dense layer (``W <- W / std``,
+        ``b <- b - W mean``) changes only where training starts, not the architecture.
+
+        Args:
+            text_moments, video_moments: ``(3, Dt)``: count (broadcast), per-channel sum and sum of squares of
+                :meth:`vtm_pooler_inputs` over a batch of pairs (summed over processes, so every process
+                applies the same change).
+        """
+        if self.vtm is None:
+            raise ValueError("this model has no VTM head (heads.vtm is false in its config)")
+        for moments, pooler in ((text_moments, self.text_pooler), (video_moments, self.video_pooler)):
+            n, total, squares = moments
+            mean = total / n
+            std = (squares / n - mean**2).clamp(min=0.0).sqrt().clamp(min=1e-4)
+            weight = pooler.dense.weight.double() / std
+            pooler.dense.bias.sub_((weight @ mean).to(pooler.dense.bias.dtype))
+            pooler.dense.weight.copy_(weight)
 
     def mlm_logits(self, text_tokens: torch.Tensor) -> torch.Tensor:
         """MLM logits ``(B, L, V)`` from the fused text tokens."""

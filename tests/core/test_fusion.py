@@ -257,3 +257,22 @@ def test_mean_pooling_ignores_padding_and_differs_from_first_token() -> None:
     assert torch.allclose(a[1], b[1], atol=1e-6)
     assert torch.allclose(a[1:2], want, atol=1e-6)
     assert not torch.allclose(a, first.encode_text(ids, mask).detach())
+
+
+def test_standardized_poolers_read_each_channel_standardized() -> None:
+    from egovlpv2_edge.model.heads import moments
+
+    heads = create_model("egovlpv2_test").heads
+    gen = torch.Generator().manual_seed(0)
+    width = heads.text_pooler.dense.in_features
+    text = 3.0 + 0.01 * torch.randn(16, width, generator=gen)  # a large shared offset, little variation
+    video = -2.0 + 0.05 * torch.randn(16, width, generator=gen)
+    before = [torch.nn.Linear(width, width) for _ in range(2)]
+    for copy, pooler in zip(before, (heads.text_pooler, heads.video_pooler), strict=True):
+        copy.load_state_dict(pooler.dense.state_dict())
+    heads.standardize_poolers(moments(text), moments(video))
+    for x, copy, pooler in zip((text, video), before, (heads.text_pooler, heads.video_pooler), strict=True):
+        z = (x - x.mean(0)) / x.std(0, unbiased=False)
+        torch.testing.assert_close(pooler.dense(x), copy(z), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="no VTM head"):
+        create_model("egovlpv2_test", heads={"vtm": False}).heads.standardize_poolers(moments(text), moments(video))

@@ -152,3 +152,32 @@ def test_param_groups_cover_every_parameter_once_with_the_reference_multipliers(
     assert all(p.ndim == 1 or "token" in n or "embed" in n
                for n, p in model.named_parameters() if id(p) in {id(q) for g in groups if not g["weight_decay"]
                                                                    for q in g["params"]})  # fmt: skip
+
+
+def test_fused_schedule_starts_the_cross_modal_groups_with_the_fused_phase() -> None:
+    from egovlpv2_edge import create_model
+    from egovlpv2_edge.training.optim import cosine_schedule, param_groups
+
+    model = create_model("egovlpv2_test")
+    groups = param_groups(model, lr=1e-3, head_lr_mult=4.0, weight_decay=0.01, fused_role=True)
+    by_name = {g["name"]: {id(p) for p in g["params"]} for g in groups}
+    xmodal = by_name["xmodal_decay"] | by_name["xmodal_no_decay"]
+    assert {
+        id(model.heads.vtm.weight),
+        id(model.text.layers[-1].cross.q.weight),
+        id(model.fusion_norm.weight),
+    } <= xmodal
+    assert id(model.vid_proj[0].weight) in by_name["head_decay"] and not xmodal & {id(g) for g in model.gates()}
+    opt = torch.optim.AdamW(groups)
+    sched = cosine_schedule(opt, total_steps=100, warmup=0.1, fused_from=60)
+    rates = []
+    for _ in range(100):
+        rates.append({g["name"]: g["lr"] for g in opt.param_groups})
+        opt.step()
+        sched.step()
+    assert rates[59]["xmodal_decay"] == 0.0 and rates[59]["head_decay"] > 0  # idle until the fused phase
+    assert rates[60]["xmodal_decay"] == pytest.approx(4e-3 / 4)  # first of 4 warmup steps over the last 40
+    assert rates[63]["xmodal_decay"] == pytest.approx(4e-3)  # peak, while the main schedule has decayed
+    assert rates[63]["head_decay"] < 0.5 * 4e-3 and rates[99]["xmodal_decay"] < 1e-4
+    plain = cosine_schedule(torch.optim.AdamW(param_groups(model, 1e-3, 4.0, 0.01, fused_role=True)), 100, 0.1)
+    assert len(set(plain.lr_lambdas)) == 1  # without fused_from every group follows the main schedule

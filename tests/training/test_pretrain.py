@@ -75,6 +75,25 @@ def test_stop_and_resume_equals_uninterrupted(synth, tmp_path) -> None:
     assert [r["step"] for r in _metrics(paused)] == list(range(1, len(_metrics(straight)) + 1))
 
 
+def test_standardized_vtm_start_changes_only_the_poolers_and_resumes_exactly(synth, tmp_path) -> None:
+    common = BASE + [f"data={synth}", "batch_size=8", "max_steps=3", "loss.fusion_start=0.5", "loss.mlm_weight=0"]
+    common += ["optim.lr=1e-30", "optim.fused_schedule=true"]  # nothing moves by 1e-29 but the standardised poolers
+    runs = {}
+    for name, extra in (
+        ("plain", []),
+        ("std", ["loss.vtm_standardize=true"]),
+        ("paused", ["loss.vtm_standardize=true"]),
+    ):
+        out = tmp_path / name
+        if name == "paused":  # stop right before the first fused step (2 of 3), then go on
+            assert train(resolve(PretrainConfig, None, common + extra + [f"out={out}", "stop_at=2"])).name == "last.pt"
+        train(resolve(PretrainConfig, None, common + extra + [f"out={out}"]))
+        runs[name] = torch.load(out / "teacher.pt", weights_only=False)["model"]
+    changed = {k for k in runs["plain"] if not torch.allclose(runs["plain"][k], runs["std"][k], rtol=0, atol=1e-6)}
+    assert changed == {f"heads.{side}_pooler.dense.{p}" for side in ("text", "video") for p in ("weight", "bias")}
+    assert all(torch.equal(runs["std"][k], runs["paused"][k]) for k in runs["std"])
+
+
 def test_run_writes_config_curves_and_checkpoint(synth, tmp_path) -> None:
     out = tmp_path / "run"
     final = train(resolve(PretrainConfig, None, BASE + [f"data={synth}", f"out={out}", "batch_size=4", "max_steps=2"]))
