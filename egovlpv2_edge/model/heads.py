@@ -110,8 +110,8 @@ class FusionHeads(nn.Module):
         """
         if self.vtm is None:
             raise ValueError("this model has no VTM head (heads.vtm is false in its config)")
-        for moments, pooler in ((text_moments, self.text_pooler), (video_moments, self.video_pooler)):
-            n, total, squares = moments
+        for stats, pooler in ((text_moments, self.text_pooler), (video_moments, self.video_pooler)):
+            n, total, squares = stats
             mean = total / n
             std = (squares / n - mean**2).clamp(min=0.0).sqrt().clamp(min=1e-4)
             weight = pooler.dense.weight.double() / std

@@ -46,7 +46,13 @@ def _tokens(tok: Tokenizer, texts: list[str], length: int, device: torch.device)
 def _qa(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, info: DistInfo) -> TaskSetup:
     device = info.device
     from egovlpv2_edge.training.data.qa import QADataset, collate_qa, read_qa
-    from egovlpv2_edge.training.tasks.qa import QATask, fusion_stream_from_dual, qa_text_length, train_cross_modal_only
+    from egovlpv2_edge.training.tasks.qa import (
+        QATask,
+        fusion_stream_from_dual,
+        qa_text_length,
+        scale_video_cross_attention,
+        train_cross_modal_only,
+    )
 
     root = Path(cfg.data)
     qa = read_qa(ensure_task_files(root, "qa.json"))
@@ -54,6 +60,9 @@ def _qa(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, info: DistInfo) ->
     if cfg.qa.mode == "fusion" and cfg.qa.fusion_from_dual:
         fusion_stream_from_dual(model)
         log.info("qa.fusion_from_dual: the fusion stream starts from the dual stream's CLS token and final norm")
+    if cfg.qa.mode == "fusion" and cfg.qa.video_cross_scale != 1.0:
+        scale_video_cross_attention(model, cfg.qa.video_cross_scale)
+        log.info("qa.video_cross_scale: video cross-attention outputs x%g", cfg.qa.video_cross_scale)
     task = QATask(model, qa.answer_set, cfg.qa.mode, cfg.qa.dropout, cfg.qa.mc_weight).to(device)
     length = qa_text_length(model, cfg.qa.text_length)
     if cfg.qa.train == "fusion":

@@ -67,6 +67,10 @@ class QAConfig:
     # epochs of the gates-off QA head fitted after fine-tuning on the final model's [video; text] dual embeddings
     # (tasks/qa.py::fit_dual_qa_head; packages carry it as heads/qa_dual.json and answer from the index); 0 = none
     dual_head_epochs: int = 30
+    # multiplies each video-side cross-attention's output projection at the start of fusion-mode fine-tuning, so
+    # the question reaches the fused video CLS (which the answer head reads) at more than the ~1% of its variation
+    # it starts at on the CPU teachers; 1 keeps the pre-trained branches as they are
+    video_cross_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.mode not in ("fusion", "dual"):

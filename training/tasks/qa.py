@@ -31,7 +31,8 @@ from egovlpv2_edge.training.optim import CROSS_MARK
 from egovlpv2_edge.training.tasks.heads import QAHead
 
 __all__ = ["QATask", "choice_texts", "dual_features", "embedding_features", "fit_dual_qa_head",
-           "fusion_stream_from_dual", "qa_text_length", "train_cross_modal_only"]  # fmt: skip
+           "fusion_stream_from_dual", "qa_text_length", "scale_video_cross_attention",
+           "train_cross_modal_only"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +230,15 @@ def fusion_stream_from_dual(model: EgoVLPv2) -> None:
             model.fusion_cls_token.copy_(model.video.cls_token)
         model.fusion_norm.weight.copy_(model.video.norm.weight)
         model.fusion_norm.bias.copy_(model.video.norm.bias)
+
+
+def scale_video_cross_attention(model: EgoVLPv2, scale: float) -> None:
+    """Multiply the output projection (weight and bias) of every video-side cross-attention branch by ``scale``."""
+    with torch.no_grad():
+        for block in model.video.blocks:
+            if block.attn.cross is not None:
+                block.attn.cross.proj.weight.mul_(scale)
+                block.attn.cross.proj.bias.mul_(scale)
 
 
 CROSS_MODAL_PREFIXES = ("fusion_norm.", "heads.")

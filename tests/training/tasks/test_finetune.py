@@ -84,7 +84,8 @@ def test_qa_finetune_run_outputs_and_checkpoint_vocab(small_data, pretrained, tm
 def test_qa_train_fusion_keeps_the_dual_encoders(small_data, pretrained, tmp_path, capsys) -> None:
     from egovlpv2_edge.training.tasks.qa import CROSS_MODAL_PREFIXES
 
-    ckpt = _finetune("qa", small_data, tmp_path / "qa", pretrained, "max_steps=3", "qa.train=fusion")
+    ckpt = _finetune("qa", small_data, tmp_path / "qa", pretrained, "max_steps=3", "qa.train=fusion",
+                     "qa.video_cross_scale=4")  # fmt: skip
     before = torch.load(pretrained, weights_only=True)["model"]
     after = torch.load(ckpt, weights_only=True)
     cross = [k for k in before if ".cross." in k or k.startswith(CROSS_MODAL_PREFIXES)]
@@ -92,6 +93,8 @@ def test_qa_train_fusion_keeps_the_dual_encoders(small_data, pretrained, tmp_pat
     assert cross and all(torch.equal(before[k], after["model"][k]) for k in before if k not in fusion_stream)
     assert any(not torch.equal(before[k], after["model"][k]) for k in cross if before[k].is_floating_point())
     assert torch.equal(after["model"]["fusion_cls_token"], before["video.cls_token"])
+    proj = [k for k in before if k.startswith("video.blocks.") and k.endswith(".cross.proj.weight")]
+    assert proj and all(torch.allclose(after["model"][k], 4 * before[k], atol=5e-3) for k in proj)  # 3 steps on x4
     assert after["task"]["params"]["train"] == "fusion"
     err = capsys.readouterr().err
     assert "QA clip tokens" in err  # computed once, before the steps

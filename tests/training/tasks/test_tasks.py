@@ -220,6 +220,34 @@ def test_fusion_stream_from_dual_gives_the_fused_pass_the_dual_clip_tokens() -> 
     torch.testing.assert_close(model.fusion_norm.bias, model.video.norm.bias)
 
 
+def test_video_cross_scale_multiplies_what_the_question_adds_to_the_fused_video_cls() -> None:
+    from egovlpv2_edge.training.tasks.qa import scale_video_cross_attention
+
+    model = create_model("egovlpv2_test").eval()
+    gen = torch.Generator().manual_seed(0)
+    video = torch.randn(1, 2, 3, 32, 32, generator=gen)
+    ids, mask = torch.randint(5, 40, (2, 8), generator=gen), torch.ones(2, 8, dtype=torch.long)
+
+    def cross_outputs() -> list[torch.Tensor]:
+        outs: list[torch.Tensor] = []
+        hooks = [b.attn.cross.register_forward_hook(lambda m, i, o: outs.append(o - i[0]))
+                 for b in model.video.blocks if b.attn.cross is not None]  # fmt: skip
+        with torch.no_grad():
+            tokens = model.video_lower(video.expand(2, -1, -1, -1, -1), "fusion")
+            model.fuse_upper(tokens, model.text_lower(ids, mask), mask)
+        for h in hooks:
+            h.remove()
+        return outs
+
+    before, dual = cross_outputs()[0], model.encode_video(video)
+    text_side = [layer.cross.out.weight.clone() for layer in model.text.layers if layer.cross is not None]
+    scale_video_cross_attention(model, 3.0)
+    torch.testing.assert_close(cross_outputs()[0], 3.0 * before)  # the first fused block's branch, same input
+    torch.testing.assert_close(model.encode_video(video), dual)  # dual mode runs no cross-attention
+    after = [layer.cross.out.weight for layer in model.text.layers if layer.cross is not None]
+    assert all(torch.equal(a, b) for a, b in zip(text_side, after, strict=True))
+
+
 def test_decode_spans_and_fixed_windows_by_hand() -> None:
     start = torch.full((5,), -10.0)
     end = torch.full((5,), -10.0)
