@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from egovlpv2_edge.model import EgoVLPv2, create_model
-from egovlpv2_edge.model.heads import moments
 from egovlpv2_edge.tokenizer import Tokenizer
 from egovlpv2_edge.training.data.dataset import EgoClipDataset
+from egovlpv2_edge.training.optim import is_fused_only
 
 HELD_OUT = ("val", "test")  # held-out clips come from these splits, in this order
 
@@ -130,7 +130,7 @@ def _vtm(args: argparse.Namespace) -> list[tuple[int, float, float, float]]:
     held = _clips(args.data, HELD_OUT, v.num_frames, v.img_size, args.max_clips // 4, False, seed=1)
     groups: dict[str, list[nn.Parameter]] = {"backbone": [], "cross": []}
     for name, p in model.named_parameters():
-        cross = "cross" in name or name.startswith(("heads", "fusion"))
+        cross = is_fused_only(name)
         if not cross and (name.startswith("text.") or args.video_lr_mult == 0):
             p.requires_grad_(False)  # the CPU recipe's locked text backbone (its cross-attention still trains)
         elif p.requires_grad:
@@ -178,8 +178,7 @@ def _vtm(args: argparse.Namespace) -> list[tuple[int, float, float, float]]:
         with torch.no_grad():
             x, ids, mask, _ = pairs(train, torch.randint(len(train["text"]), (256,), generator=gen), False, gen)
             out = model.forward_fusion(x, ids, mask)
-            text, video = model.heads.vtm_pooler_inputs(out.video_cls, out.text_tokens)
-            model.heads.standardize_poolers(moments(text), moments(video))
+            model.heads.standardize_poolers(out.video_cls, out.text_tokens)
     rows, loss = [], float("nan")
     for step in range(args.steps + 1):
         if step % args.every == 0 or step == args.steps:

@@ -18,6 +18,12 @@ CROSS_MARK = ".cross."
 FUSED_PREFIXES = ("heads.", "fusion_")  # trained by fused passes only (with every cross-attention branch)
 
 
+def is_fused_only(name: str) -> bool:
+    """A parameter only fused passes train: a cross-attention branch (gate included), a fusion head (VTM, MLM) or
+    the fusion stream's norm and CLS token."""
+    return CROSS_MARK in name or name.startswith(FUSED_PREFIXES)
+
+
 def param_groups(
     model: nn.Module,
     lr: float,
@@ -38,8 +44,8 @@ def param_groups(
     stream's norm and CLS token) in groups of their own, ``xmodal_*``, at the head rate, so that
     :func:`cosine_schedule` can run their schedule over the fused phase alone; gates stay in ``gate_*``.
     """
-    mult = {"video": video_lr_mult, "text": text_lr_mult, "head": head_lr_mult, "gate": head_lr_mult * gate_lr_mult}
-    mult["xmodal"] = head_lr_mult
+    mult = {"video": video_lr_mult, "text": text_lr_mult, "head": head_lr_mult, "xmodal": head_lr_mult}
+    mult["gate"] = head_lr_mult * gate_lr_mult
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -47,7 +53,7 @@ def param_groups(
         role = "head" if name.startswith(HEAD_PREFIXES) or CROSS_MARK in name else "video"
         if role == "video" and not name.startswith("video."):
             role = "text" if name.startswith("text.") else "head"
-        if fused_role and (CROSS_MARK in name or name.startswith(FUSED_PREFIXES)):
+        if fused_role and is_fused_only(name):
             role = "xmodal"
         if name.endswith(".cross.gate"):
             role = "gate"

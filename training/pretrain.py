@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from egovlpv2_edge.model import EgoVLPv2
-from egovlpv2_edge.model.heads import moments
 from egovlpv2_edge.training.distributed import all_reduce_sum, gather_no_grad, gather_with_local_grad
 from egovlpv2_edge.training.losses import (
     egonce_loss,
@@ -194,8 +193,7 @@ class PretrainTask(nn.Module):
         """Start the VTM poolers from this step's pairs, their statistics summed over processes."""
         m = self.model
         out = m.forward_fusion(video, input_ids, attention_mask)
-        text, vid = m.heads.vtm_pooler_inputs(out.video_cls, out.text_tokens)
-        m.heads.standardize_poolers(all_reduce_sum(moments(text)), all_reduce_sum(moments(vid)))
+        m.heads.standardize_poolers(out.video_cls, out.text_tokens, all_reduce_sum)
 
     def _reverse_loss(
         self, video: torch.Tensor, verb: torch.Tensor, text: torch.Tensor, vid: torch.Tensor

@@ -8,6 +8,8 @@ match). MLM decodes every fused text token through the shared cross-modal text t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,7 +17,7 @@ from torch import nn
 from egovlpv2_edge.config import HeadConfig
 
 
-def moments(x: torch.Tensor) -> torch.Tensor:
+def _moments(x: torch.Tensor) -> torch.Tensor:
     """``(3, D)``: count, per-channel sum and sum of squares of ``x`` ``(B, D)`` (what processes can sum), in
     float64: the variance is their difference, small beside a large shared offset."""
     x = x.detach().double()
@@ -95,7 +97,12 @@ class FusionHeads(nn.Module):
         return self.text_transform(text_tokens[:, 0]), self.video_transform(video_cls)
 
     @torch.no_grad()
-    def standardize_poolers(self, text_moments: torch.Tensor, video_moments: torch.Tensor) -> None:
+    def standardize_poolers(
+        self,
+        video_cls: torch.Tensor,
+        text_tokens: torch.Tensor,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         """Data-dependent start of the VTM head: each pooler then sees its input standardised per channel.
 
         The fused text ``<s>`` and video CLS vary little from pair to pair around a large shared offset, so with
@@ -104,13 +111,15 @@ class FusionHeads(nn.Module):
         ``b <- b - W mean``) changes only where training starts, not the architecture.
 
         Args:
-            text_moments, video_moments: ``(3, Dt)``: count (broadcast), per-channel sum and sum of squares of
-                :meth:`vtm_pooler_inputs` over a batch of pairs (summed over processes, so every process
-                applies the same change).
+            video_cls, text_tokens: A batch of pairs' fused outputs, as :meth:`vtm_logits` takes them.
+            reduce: Sums the statistics over processes (e.g. an all-reduce), so every process applies the same
+                change; None for one process.
         """
         if self.vtm is None:
             raise ValueError("this model has no VTM head (heads.vtm is false in its config)")
-        for stats, pooler in ((text_moments, self.text_pooler), (video_moments, self.video_pooler)):
+        text, video = self.vtm_pooler_inputs(video_cls, text_tokens)
+        for x, pooler in ((text, self.text_pooler), (video, self.video_pooler)):
+            stats = _moments(x) if reduce is None else reduce(_moments(x))
             n, total, squares = stats
             mean = total / n
             std = (squares / n - mean**2).clamp(min=0.0).sqrt().clamp(min=1e-4)

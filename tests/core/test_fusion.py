@@ -260,19 +260,21 @@ def test_mean_pooling_ignores_padding_and_differs_from_first_token() -> None:
 
 
 def test_standardized_poolers_read_each_channel_standardized() -> None:
-    from egovlpv2_edge.model.heads import moments
-
-    heads = create_model("egovlpv2_test").heads
+    model = create_model("egovlpv2_test")
+    heads = model.heads
     gen = torch.Generator().manual_seed(0)
     width = heads.text_pooler.dense.in_features
-    text = 3.0 + 0.01 * torch.randn(16, width, generator=gen)  # a large shared offset, little variation
-    video = -2.0 + 0.05 * torch.randn(16, width, generator=gen)
+    tokens = 3.0 + 0.01 * torch.randn(16, 4, width, generator=gen)  # a large shared offset, little variation
+    video_cls = -2.0 + 0.05 * torch.randn(16, model.cfg.video.width, generator=gen)
+    inputs = heads.vtm_pooler_inputs(video_cls, tokens)  # what the poolers read
     before = [torch.nn.Linear(width, width) for _ in range(2)]
     for copy, pooler in zip(before, (heads.text_pooler, heads.video_pooler), strict=True):
         copy.load_state_dict(pooler.dense.state_dict())
-    heads.standardize_poolers(moments(text), moments(video))
-    for x, copy, pooler in zip((text, video), before, (heads.text_pooler, heads.video_pooler), strict=True):
+    summed: list[torch.Tensor] = []
+    heads.standardize_poolers(video_cls, tokens, reduce=lambda t: summed.append(t) or t)
+    assert len(summed) == 2  # the statistics go through the cross-process sum
+    for x, copy, pooler in zip(inputs, before, (heads.text_pooler, heads.video_pooler), strict=True):
         z = (x - x.mean(0)) / x.std(0, unbiased=False)
         torch.testing.assert_close(pooler.dense(x), copy(z), atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="no VTM head"):
-        create_model("egovlpv2_test", heads={"vtm": False}).heads.standardize_poolers(moments(text), moments(video))
+        create_model("egovlpv2_test", heads={"vtm": False}).heads.standardize_poolers(video_cls, tokens)

@@ -6,6 +6,8 @@ import importlib.util
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -31,10 +33,11 @@ def test_direction_probe_trains_the_encoder_and_the_cnn(small_data, capsys) -> N
     assert "direction probe, the 3D CNN, 2 steps" in capsys.readouterr().out
 
 
-def test_vtm_probe_trains_the_fused_layers_from_a_checkpoint(small_data, pretrained, capsys) -> None:
+@pytest.mark.parametrize("extra", [[], ["--standardize", "--video-lr-mult", "0"]])
+def test_vtm_probe_trains_the_fused_layers_from_a_checkpoint(extra, small_data, pretrained, capsys) -> None:
     probe = _probe()
     argv = ["vtm", "--data", str(small_data), "--checkpoint", str(pretrained), "--steps", "2", "--every", "2",
-            "--batch", "4", "--negatives", "hard"]  # fmt: skip
+            "--batch", "4", "--negatives", "hard", *extra]  # fmt: skip
     assert probe.main(argv) == 0
     out = capsys.readouterr().out
     rows = _table(out)
