@@ -6,9 +6,10 @@
         [--cross-lr-mult 4] [--video-lr-mult 5] [--standardize] [--negatives random|hard]
 
 ``direction``: the video encoder (the checkpoint's, or a fresh one of ``--preset``) plus a linear head, trained to
-tell training clips whose verb has a reverse in the taxonomy (pick up / put down, open / close, ...) from the same
-clips played backwards; each batch holds both. ``--cnn`` trains a three-layer 3D CNN on the same clips instead, as
-a reference for how learnable the signal is. ``vtm``: the checkpoint's fused layers and VTM head trained on VTM
+tell which verb of its reverse pair in the taxonomy (pick up / put down, open / close, ...) a clip shows, on the
+training clips whose verb has one and on the same clips played backwards (a pick up played backwards shows a put
+down); each batch holds both. ``--cnn`` trains a three-layer 3D CNN on the same clips instead, as a reference for
+how learnable the signal is. ``vtm``: the checkpoint's fused layers and VTM head trained on VTM
 alone (half matched pairs, half negatives: random clips of another action, or, with ``--negatives hard``, sampled
 from the dual similarity as pre-training does), with the text backbone locked as in the CPU recipe;
 ``--video-lr-mult 0`` locks the video backbone too and ``--standardize`` starts the VTM poolers from the training
@@ -19,6 +20,7 @@ once, with the eval transform.
 from __future__ import annotations
 
 import argparse
+import csv
 import time
 from pathlib import Path
 
@@ -50,6 +52,22 @@ def _clips(data: Path, splits: tuple[str, ...], frames: int, size: int, limit: i
         raise SystemExit(f"probe: only {len(recs)} usable {'/'.join(splits)} clips in {data}; generate more videos")
     return {"video": torch.stack(videos), "text": [r.clip_text for r in recs],
             "key": [(tuple(r.tag_verb), r.tag_noun[:1]) for r in recs]}  # fmt: skip
+
+
+def _second_of_pair(data: Path) -> set[int]:
+    """Verb ids listed after their reverse in ``verbs.csv`` (put down for pick up / put down)."""
+    with (data / "verbs.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    ids = {row["key"]: int(row["id"]) for row in rows}
+    return {int(row["id"]) for row in rows if row["reverse"] and ids[row["reverse"]] < int(row["id"])}
+
+
+def _as_first_verb(clips: dict, second: set[int]) -> torch.Tensor:
+    """The clips, those of a pair's second verb played backwards: every one then shows its pair's first verb."""
+    video = clips["video"].clone()
+    flip = torch.tensor([verbs[0] in second for verbs, _ in clips["key"]])
+    video[flip] = video[flip].flip(1)
+    return video
 
 
 class _CNN(nn.Module):
@@ -91,8 +109,9 @@ def _direction(args: argparse.Namespace) -> list[tuple[int, float, float, float]
         def score(x: torch.Tensor) -> torch.Tensor:
             return head(model.encode_video(x)).squeeze(-1)
 
-    train = _clips(args.data, ("train",), frames, size, args.max_clips, True)["video"]
-    held = _clips(args.data, HELD_OUT, frames, size, args.max_clips // 4, True)["video"]
+    second = _second_of_pair(args.data)  # label 1: the clip shows the first verb of its pair (pick up, open, ...)
+    train = _as_first_verb(_clips(args.data, ("train",), frames, size, args.max_clips, True), second)
+    held = _as_first_verb(_clips(args.data, HELD_OUT, frames, size, args.max_clips // 4, True), second)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr)
     gen = torch.Generator().manual_seed(args.seed)
 

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -43,3 +44,19 @@ def test_vtm_probe_trains_the_fused_layers_from_a_checkpoint(extra, small_data, 
     rows = _table(out)
     assert [r[0] for r in rows] == [0, 2] and all(0 <= r[2] <= 1 and 0 <= r[3] <= 1 for r in rows)
     assert f"vtm probe, {pretrained}, 2 steps" in out
+
+
+def test_direction_probe_labels_a_clip_by_the_verb_it_shows(small_data) -> None:
+    """A pick up played backwards shows a put down: the probe plays clips of each pair's second verb backwards so
+    that label 1 always means "shows the first verb" (a reversed clip of either verb is then the other label)."""
+    probe = _probe()
+    ids = {}
+    for line in (small_data / "verbs.csv").read_text().splitlines()[1:]:
+        ids[line.split(",")[1]] = int(line.split(",")[0])
+    second = probe._second_of_pair(small_data)
+    assert ids["put_down"] in second and ids["close"] in second and ids["pull"] in second
+    assert ids["pick_up"] not in second and ids["open"] not in second and ids["stir"] not in second
+    video = torch.arange(2 * 4, dtype=torch.float32).reshape(2, 4, 1, 1, 1).expand(2, 4, 3, 2, 2)
+    clips = {"video": video, "key": [((ids["pick_up"],), [0]), ((ids["put_down"],), [0])]}
+    out = probe._as_first_verb(clips, second)
+    assert torch.equal(out[0], video[0]) and torch.equal(out[1], video[1].flip(0))
