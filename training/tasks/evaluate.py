@@ -39,6 +39,7 @@ class EvalTable:
     task: str
     rows: list[tuple[str, dict[str, float]]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    paired: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)  # baseline -> metric -> (d, 95%)
 
     def add(self, name: str, metrics: dict[str, float]) -> None:
         """Append a row."""
@@ -56,7 +57,17 @@ class EvalTable:
 
     def to_json(self) -> dict:
         """JSON-ready dict."""
-        return {"task": self.task, "rows": {n: m for n, m in self.rows}, "notes": self.notes}
+        return {"task": self.task, "rows": {n: m for n, m in self.rows}, "notes": self.notes,
+                "paired": {b: {m: list(v) for m, v in d.items()} for b, d in self.paired.items()}}  # fmt: skip
+
+    def add_paired(self, title: str, model: dict[str, np.ndarray], others: dict[str, dict[str, np.ndarray]]) -> None:
+        """The model minus each baseline per metric, from per-item 0/1 outcomes on the same items, with the
+        paired 95% half-width (:func:`~egovlpv2_edge.training.evaluate.paired_drop`), as notes and in the JSON."""
+        self.notes.append(title)
+        for other, hits in others.items():
+            diffs = {m: paired_drop(model[m], hits[m]) for m in model if m in hits}
+            self.paired[other] = diffs
+            self.notes.append(f"  - {other}: " + "; ".join(f"{m} {d:+.1f} +- {w:.1f}" for m, (d, w) in diffs.items()))
 
 
 # ----- QA ----------------------------------------------------------------------------------------------------
@@ -149,15 +160,18 @@ def evaluate_qa(run: FinetunedRun, data: str | Path, split: str = "test", shuffl
     res = _qa_pass(run, test, length, shuffle=False, mc=True)
     table = EvalTable(f"QA ({split}, {len(res['answer'])} questions, {len(run.vocab['answers'])} answers)")
     table.add(f"model ({run.mode} head)", qa_accuracy(res["pred"], res["answer"], res["type"]))
+    compared: dict[str, dict[str, np.ndarray]] = {}  # baseline -> per-question outcomes, for the paired intervals
     if shuffle_frames:
         shuf = _qa_pass(run, test, length, shuffle=True)
         table.add("model, shuffled frames", qa_accuracy(shuf["pred"], shuf["answer"], shuf["type"]))
+        compared["the model with shuffled frames"] = _outcomes(shuf["pred"], res["answer"], res["type"])
     train_items = train.dataset.items
     index = {a: i for i, a in enumerate(run.vocab["answers"])}
     prior = answer_prior([index[q.answer] for q in train_items], [q.type for q in train_items])
     fallback = Counter(index[q.answer] for q in train_items).most_common(1)[0][0]
-    table.add("answer prior (per type)", qa_accuracy([prior.get(t, fallback) for t in res["type"]], res["answer"],
-                                                     res["type"]))  # fmt: skip
+    prior_pred = [prior.get(t, fallback) for t in res["type"]]
+    table.add("answer prior (per type)", qa_accuracy(prior_pred, res["answer"], res["type"]))
+    compared["answer prior"] = _outcomes(prior_pred, res["answer"], res["type"])
     if probe_epochs > 0:
         tr = _qa_pass(run, train, length, shuffle=False, feats="dual")
         te = _qa_pass(run, test, length, shuffle=False, feats="dual")
@@ -165,12 +179,14 @@ def evaluate_qa(run: FinetunedRun, data: str | Path, split: str = "test", shuffl
         with torch.no_grad():
             pred = head(torch.cat(te["features"])).argmax(-1).tolist()
         table.add("same head on dual features", qa_accuracy(pred, te["answer"], te["type"]))
+        compared["same head on dual features"] = _outcomes(pred, te["answer"], te["type"])
     mc_dual: list[int] = []
     if run.dual_head is not None:  # the gates-off head a package answers with (dual embeddings, device length)
         te = _qa_pass(run, test, run.model.cfg.text.max_length, shuffle=False, feats="embedding")
         with torch.no_grad():
             logits = run.dual_head(torch.cat(te["features"]))
         table.add("gates-off head (dual embeddings)", qa_accuracy(logits.argmax(-1).tolist(), te["answer"], te["type"]))
+        compared["gates-off head"] = _outcomes(logits.argmax(-1).tolist(), te["answer"], te["type"])
         for k, q in enumerate(test.dataset.items):  # the same head restricted to a question's choices
             if q.choices:
                 mc_dual.append(int(torch.argmax(logits[k, [index[c] for c in q.choices]])))
@@ -185,7 +201,15 @@ def evaluate_qa(run: FinetunedRun, data: str | Path, split: str = "test", shuffl
     if run.dual_head is not None:
         table.notes.append("gates-off head: the checkpoint's head on [video embedding; text embedding] (the package's "
                            "heads/qa_dual.json), questions at the text graph's length")  # fmt: skip
+    table.add_paired("model head minus each baseline, points (95% interval from the per-question differences):",
+                     _outcomes(res["pred"], res["answer"], res["type"]), compared)  # fmt: skip
     return table
+
+
+def _outcomes(pred: Sequence[int], answer: Sequence[int], types: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per-question right/wrong, overall (``"all"``) and per question type (the columns of :func:`qa_accuracy`)."""
+    right, t = np.equal(pred, answer), np.asarray(types)
+    return {"all": right, **{name: right[t == name] for name in sorted(set(t.tolist()))}}
 
 
 # ----- retrieval ---------------------------------------------------------------------------------------------
@@ -290,9 +314,6 @@ def evaluate_nlq(run: FinetunedRun, annotations: str | Path, video_root: str | P
     for name, h in hits.items():
         table.add(name, {metric: 100.0 * float(v.mean()) for metric, v in h.items()})
     head, *others = hits
-    table.notes.append("span head minus each baseline, points (95% interval from the per-query differences):")
-    for other in others:
-        diffs = (f"{m} {d:+.1f} +- {w:.1f}" for m, (d, w) in
-                 ((m, paired_drop(hits[head][m], hits[other][m])) for m in hits[head]))  # fmt: skip
-        table.notes.append(f"  - {other}: " + "; ".join(diffs))
+    table.add_paired("span head minus each baseline, points (95% interval from the per-query differences):",
+                     hits[head], {o: hits[o] for o in others})  # fmt: skip
     return table

@@ -79,6 +79,14 @@ def test_qa_finetune_run_outputs_and_checkpoint_vocab(small_data, pretrained, tm
     chance = 100 * sum(1 / n for n in n_choices) / len(n_choices)  # count questions have four choices, others five
     assert table["multiple choice: chance"]["all"] == pytest.approx(chance)
     assert 0 <= table["model (fusion head)"]["all"] <= 100
+    paired = json.loads(res.read_text())["paired"]  # model minus each baseline on the same questions
+    rows = {"the model with shuffled frames": "model, shuffled frames", "answer prior": "answer prior (per type)",
+            "same head on dual features": "same head on dual features",
+            "gates-off head": "gates-off head (dual embeddings)"}  # fmt: skip
+    assert set(paired) == set(rows) and "model head minus each baseline" in text
+    for name, row in rows.items():
+        for metric, (diff, half) in paired[name].items():
+            assert diff == pytest.approx(table["model (fusion head)"][metric] - table[row][metric]) and half >= 0
 
 
 def test_qa_train_fusion_keeps_the_dual_encoders(small_data, pretrained, tmp_path, capsys) -> None:
