@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 def _egomcq_main(argv: list[str]) -> int:
     from egovlpv2_edge.training.evaluate import (
         FRAME_CONTROLS,
+        MCQ_KINDS,
         evaluate_egomcq,
         evaluate_order_pairs,
         evaluate_retrieval,
@@ -87,17 +88,22 @@ def _egomcq_main(argv: list[str]) -> int:
     except ValueError as exc:  # a dataset without reverse verbs (e.g. real EgoClip): the test does not apply
         print(f"order pairs: skipped ({exc})")
         order = None
+    kinds = [k for k in MCQ_KINDS if k != "intra_reverse" or res.counts[k]]
+    label = {"inter": "inter", "intra": "intra", "intra_reverse": "vs rev"}
     print(f"EgoMCQ ({res.counts['inter']} inter, {res.counts['intra']} intra questions; chance 20%)")
-    print(f"{'scoring':10s} {'inter':>7s} {'intra':>7s}")
+    if res.counts["intra_reverse"]:
+        print(f"vs rev: the {res.counts['intra_reverse']} intra questions with the answer's reverse action on the same "
+              "object among the choices (only the order of the frames tells those two apart)")  # fmt: skip
+    print(f"{'scoring':10s} " + " ".join(f"{label[k]:>7s}" for k in kinds))
     for scoring, acc in res.accuracy.items():
-        print(f"{scoring:10s} {acc['inter']:7.1f} {acc['intra']:7.1f}")
+        print(f"{scoring:10s} " + " ".join(f"{acc[k]:7.1f}" for k in kinds))
     for name, ctl in res.controls.items():
         print(f"the same questions with each clip's frames {FRAME_CONTROLS[name]}; drop = in order - {name}, +- its "
               "paired 95% interval (a drop larger than the interval is significant)")  # fmt: skip
-        print(f"{'scoring':10s} {'inter':>7s} {name:>8s} {'drop':>13s} {'intra':>7s} {name:>8s} {'drop':>13s}")
+        print(f"{'scoring':10s} " + " ".join(f"{label[k]:>7s} {name:>8s} {'drop':>13s}" for k in kinds))
         for scoring, acc in res.accuracy.items():
             cells = []
-            for k in ("inter", "intra"):
+            for k in kinds:
                 d, half = ctl.drop[scoring][k]
                 cells.append(f"{acc[k]:7.1f} {ctl.accuracy[scoring][k]:8.1f} {d:6.1f} +- {half:4.1f}")
             print(f"{scoring:10s} " + " ".join(cells))

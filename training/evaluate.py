@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader
 from egovlpv2_edge.model import EgoVLPv2
 from egovlpv2_edge.tokenizer import Tokenizer
 from egovlpv2_edge.training.data.dataset import EgoClipDataset, EgoMCQDataset
-from egovlpv2_edge.training.data.taxonomy import read_nouns, read_verbs
+from egovlpv2_edge.training.data.egoclip import has_reverse_choice
+from egovlpv2_edge.training.data.taxonomy import read_nouns, read_verbs, reverse_verbs
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,14 @@ class MCQResult:
     other order; ``reversed``: played backwards), scored on the same questions.
     """
 
-    accuracy: dict[str, dict[str, float]]  # scoring -> {"inter", "intra"}
-    counts: dict[str, int]  # {"inter", "intra"}
+    accuracy: dict[str, dict[str, float]]  # scoring -> kind (:data:`MCQ_KINDS`)
+    counts: dict[str, int]  # kind -> questions
     controls: dict[str, FrameControl] = field(default_factory=dict)
+
+
+# question kinds: "intra_reverse" is the subset of intra questions whose choices include a clip of the answer's
+# reverse action (verbs.csv's ``reverse``) on the same object, the ones only the order of the frames decides
+MCQ_KINDS = ("inter", "intra", "intra_reverse")
 
 
 def paired_drop(before: np.ndarray, after: np.ndarray) -> tuple[float, float]:
@@ -130,23 +136,29 @@ def evaluate_egomcq(
     v = model.cfg.video
     ds = EgoMCQDataset(root / "egomcq.json", root / "videos", v.num_frames, v.img_size)
     n = len(ds) if limit is None else min(limit, len(ds))
+    reverse = reverse_verbs(root)
     gen = torch.Generator().manual_seed(seed)
     orders = ("in_order", *dict.fromkeys(controls))
     correct: dict[str, dict[str, list[bool]]] = {o: {s: [] for s in SCORINGS} for o in orders}
     kinds: list[str] = []
+    against_reverse: list[bool] = []
     subset = torch.utils.data.Subset(ds, range(n))
     loader = DataLoader(subset, batch_size=None, num_workers=1, prefetch_factor=4)  # decode while the model runs
-    for item in progress(loader, total=n, desc="EgoMCQ", leave=False):
+    for k, item in enumerate(progress(loader, total=n, desc="EgoMCQ", leave=False)):
         kinds.append("inter" if item["types"] == 1 else "intra")
+        entry = ds.entries[k]
+        against_reverse.append(kinds[-1] == "intra" and has_reverse_choice(entry.query, entry.choices, reverse))
         for order in orders:
             videos = _reorder(item["video"], order, gen)
             for scoring, scores in mcq_scores(model, tokenizer, item["text"], videos).items():
                 correct[order][scoring].append(bool(np.argmax(scores) == item["answer"]))
     kind_arr = np.array(kinds)
-    counts = {k: int((kind_arr == k).sum()) for k in ("inter", "intra")}
+    masks = {"inter": kind_arr == "inter", "intra": kind_arr == "intra",
+             "intra_reverse": np.array(against_reverse, dtype=bool)}  # fmt: skip
+    counts = {k: int(m.sum()) for k, m in masks.items()}
 
     def outcomes(order: str, scoring: str, kind: str) -> np.ndarray:
-        return np.array(correct[order][scoring], dtype=bool)[kind_arr == kind]
+        return np.array(correct[order][scoring], dtype=bool)[masks[kind]]
 
     def accuracy(order: str) -> dict[str, dict[str, float]]:
         return {s: {k: 100.0 * float(outcomes(order, s, k).mean()) if counts[k] else 0.0 for k in counts}
@@ -203,8 +215,7 @@ def evaluate_order_pairs(
     model.eval()
     root = Path(data)
     verbs, nouns = read_verbs(root / "verbs.csv"), read_nouns(root / "nouns.csv")
-    by_key = {v["key"]: v for v in verbs}
-    reverse = {int(v["id"]): by_key[v["reverse"]] for v in verbs if v.get("reverse")}  # verb id -> its reverse's row
+    reverse = reverse_verbs(root)
     v = model.cfg.video
     ds = EgoClipDataset(root / "egoclip.csv", root / "videos", v.num_frames, v.img_size, split=split, mode="eval")
     keep = [i for i, r in enumerate(ds.records) if len(r.tag_verb) == 1 and r.tag_verb[0] in reverse]

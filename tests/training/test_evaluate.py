@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 import torch
 
@@ -45,3 +47,25 @@ def test_paired_drop_by_hand() -> None:
     assert half == pytest.approx(100 * 1.96 * sd / 8**0.5)
     assert paired_drop([1, 0, 1], [1, 0, 1]) == (0.0, 0.0)  # identical outcomes: no drop, no spread
     assert paired_drop([], []) == (0.0, 0.0)
+
+
+def test_reverse_choice_needs_the_reverse_verb_on_the_same_object(tmp_path) -> None:
+    from egovlpv2_edge.training.data.egoclip import ClipRecord, has_reverse_choice
+    from egovlpv2_edge.training.data.taxonomy import reverse_verbs, write_taxonomy
+
+    write_taxonomy(tmp_path)
+    reverse = reverse_verbs(tmp_path)
+    with (tmp_path / "verbs.csv").open(newline="") as fh:
+        ids = {row["key"]: int(row["id"]) for row in csv.DictReader(fh)}
+    assert reverse[ids["pick_up"]]["key"] == "put_down" and reverse[ids["open"]]["key"] == "close"
+    assert ids["stir"] not in reverse and reverse_verbs(tmp_path / "none") == {}
+
+    def clip(verb: str, noun: int) -> ClipRecord:
+        return ClipRecord(
+            0, "v", 60.0, "narration_pass_1", 0, 1.0, 0.5, 1.5, f"#C C {verb} {noun}", (ids[verb],), (noun,)
+        )  # tuples, as read_egomcq gives them
+
+    query = ClipRecord(0, "v", 60.0, "narration_pass_1", 0, 1.0, 0.5, 1.5, "#C C", [ids["pick_up"]], [3, 7])  # lists
+    assert has_reverse_choice(query, [clip("stir", 3), clip("put_down", 3)], reverse)
+    assert not has_reverse_choice(query, [clip("put_down", 4), clip("close", 3)], reverse)  # other object / verb
+    assert not has_reverse_choice(clip("stir", 3), [clip("stir", 3)], reverse)  # no reverse at all

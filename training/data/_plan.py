@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from egovlpv2_edge.training.data._motion import HELD_AT, ObjPose
-from egovlpv2_edge.training.data.taxonomy import NOUNS, VERBS, Noun, Verb, compatible
+from egovlpv2_edge.training.data.taxonomy import NOUNS, VERBS, Noun, Verb, compatible, verb_by_key
 
 X_RANGE = (0.27, 0.73)  # where object centres may be, as fractions of the canvas
 Y_RANGE = (0.25, 0.6)
@@ -155,12 +155,18 @@ def make_scene(index: int, rng: np.random.Generator, prefer: Sequence[Noun] = ()
 
 
 def _choose(nouns: list[Noun], states: list[ObjPose], rng: np.random.Generator, holdout: set[tuple[str, str]],
-            last: tuple[str, int] | None, boost: float) -> tuple[Verb, int, ObjPose] | None:  # fmt: skip
+            last: tuple[str, int] | None, boost: float,
+            undo: tuple[str, int] | None = None) -> tuple[Verb, int, ObjPose] | None:  # fmt: skip
     """Pick a verb uniformly among the possible ones, then an object for it.
 
     When a held-out pair is possible it is taken with probability ``boost``, so the compositional test split
-    is not left empty by chance.
+    is not left empty by chance. ``undo`` (verb key, object) is taken first when it is possible.
     """
+    if undo is not None:
+        verb = verb_by_key(undo[0])
+        b = next_state(verb, undo[1], nouns, states, rng)
+        if b is not None:
+            return verb, undo[1], b
     options: dict[str, list[tuple[Verb, int, ObjPose]]] = {}
     held = [i for i, s in enumerate(states) if s.h > 0.5]  # a held object must be put down first
     for v in VERBS:
@@ -181,23 +187,33 @@ def _choose(nouns: list[Noun], states: list[ObjPose], rng: np.random.Generator, 
 
 
 def plan_video(rng: np.random.Generator, n_actions: int, dur_range: tuple[float, float],
-               holdout: set[tuple[str, str]], boost: float = 0.1) -> VideoPlan:  # fmt: skip
-    """Plan scenes and ``n_actions`` timed actions (0.2-0.8 s gaps; 1 s to walk to a new counter)."""
+               holdout: set[tuple[str, str]], boost: float = 0.1, undo_rate: float = 0.0) -> VideoPlan:  # fmt: skip
+    """Plan scenes and ``n_actions`` timed actions (0.2-0.8 s gaps; 1 s to walk to a new counter).
+
+    With probability ``undo_rate`` an action whose verb has a reverse is undone by the next one where possible
+    (push, then pull the same object back; open, then close it): the same object's two actions, which differ
+    only in the order of their frames, are then next to each other, as in footage of people at work. At 0 no
+    random number is drawn for it, so the videos are those of a plan without the option.
+    """
     prefer = [next(n for n in _SCENE_NOUNS if n.key == nk) for _, nk in sorted(holdout)]
     scenes = [make_scene(0, rng, prefer)]
     nouns, states = scenes[0].nouns, list(scenes[0].init)
     t, actions, last, scene_left = 0.5, [], None, int(rng.integers(12, 31))
+    undo: tuple[str, int] | None = None  # the reverse of the last action, to do next
     while len(actions) < n_actions:
         holding = any(s.h > 0.5 for s in states)
         if scene_left <= 0 and not holding:
             scenes.append(make_scene(len(scenes), rng, prefer))
             nouns, states, last, scene_left = scenes[-1].nouns, list(scenes[-1].init), None, int(rng.integers(12, 31))
-            t += 1.0
-        pick = _choose(nouns, states, rng, holdout, last, boost)
+            t, undo = t + 1.0, None
+        pick = _choose(nouns, states, rng, holdout, last, boost, undo)
+        undo = None
         if pick is None:  # nothing possible here (rare): move on to a new counter
             scene_left = 0
             continue
         verb, i, b = pick
+        if undo_rate > 0 and verb.reverse and rng.random() < undo_rate:
+            undo = (verb.reverse, i)
         dur = float(rng.uniform(*dur_range))
         tmpl = 0 if rng.random() < 0.7 or len(verb.templates) == 1 else int(rng.integers(1, len(verb.templates)))
         actions.append(PlannedAction(len(actions), scenes[-1].index, i, verb, nouns[i], round(t, 3),

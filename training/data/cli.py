@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="verb:noun pairs kept out of train, e.g. open:green_box cut:bread")  # fmt: skip
     s.add_argument("--holdout-rate", type=float, default=d.holdout_rate,
                    help="chance an action is a held-out pair when one is possible (default %(default)s)")  # fmt: skip
+    s.add_argument("--undo-rate", type=float, default=d.undo_rate,
+                   help="chance an action with a reverse verb is undone by the next one, e.g. push then pull back "
+                        "(default %(default)s)")  # fmt: skip
     s.add_argument("--workers", type=int, default=0, help="render processes, 0 = one per core (default 0)")
     s.add_argument("--watermark", action=argparse.BooleanOptionalAction, default=False,
                    help="write the frame index into each frame's corner (for tests)")  # fmt: skip
@@ -62,6 +65,7 @@ def _synth(args: argparse.Namespace) -> int:
     cfg = SynthConfig(videos=args.videos, seed=args.seed, fps=args.fps, size=args.size,
                       chunk_seconds=args.chunk_seconds, min_actions=args.min_actions, max_actions=args.max_actions,
                       holdout_pairs=tuple(args.holdout_pairs), holdout_rate=args.holdout_rate, workers=args.workers,
+                      undo_rate=args.undo_rate,
                       watermark=args.watermark, head_motion=args.head_motion,
                       narration_style=args.narration_style)  # fmt: skip
     try:
@@ -88,7 +92,8 @@ def _contact_sheet(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from egovlpv2_edge.training.data.egoclip import read_egoclip, read_egomcq
+    from egovlpv2_edge.training.data.egoclip import MCQ_INTRA, has_reverse_choice, read_egoclip, read_egomcq
+    from egovlpv2_edge.training.data.taxonomy import reverse_verbs
 
     root: Path = args.data
     meta = json.loads((root / "meta.json").read_text()) if (root / "meta.json").is_file() else {}
@@ -105,8 +110,12 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"fps {meta['fps']}, size {meta['size']}, chunk {meta['chunk_seconds']} s, "
               f"held-out pairs {meta['holdout_pairs'] or 'none'}, generator {meta['generator_version']}")  # fmt: skip
     if (root / "egomcq.json").is_file():
-        types = Counter(e.types for e in read_egomcq(root / "egomcq.json"))
-        print(f"EgoMCQ: {types.get(1, 0)} inter, {types.get(2, 0)} intra")
+        entries = read_egomcq(root / "egomcq.json")
+        types = Counter(e.types for e in entries)
+        reverse = reverse_verbs(root)
+        against = sum(e.types == MCQ_INTRA and has_reverse_choice(e.query, e.choices, reverse) for e in entries)
+        print(f"EgoMCQ: {types.get(1, 0)} inter, {types.get(2, 0)} intra ({against} with the answer's reverse action "
+              "on the same object among the choices)")  # fmt: skip
     verbs = Counter(t for r in table for t in r.tag_verb)
     nouns = Counter(t for r in table for t in r.tag_noun)
     print(f"verb classes used: {len(verbs)}, noun classes used: {len(nouns)}")

@@ -283,3 +283,11 @@ def read_egomcq(path: str | Path) -> list[MCQEntry]:
         except (ValueError, KeyError, TypeError) as err:
             raise EgoMCQFormatError(f"{path} entry {key!r}: {err}") from None
     return out
+
+
+def has_reverse_choice(query: ClipRecord, choices: Sequence[ClipRecord], reverse: dict[int, dict[str, str]]) -> bool:
+    """Whether a choice shows the reverse of the query's action on the same object (its first noun)."""
+    rev = reverse.get(query.tag_verb[0]) if query.tag_verb else None
+    noun = list(query.tag_noun[:1])
+    return rev is not None and any(list(c.tag_verb[:1]) == [int(rev["id"])] and list(c.tag_noun[:1]) == noun
+                                   for c in choices)  # fmt: skip

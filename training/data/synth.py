@@ -80,6 +80,9 @@ class SynthConfig:
     max_action_s: float = 4.0
     holdout_pairs: tuple[str, ...] = ()  # "verb:noun" pairs moved from train into test_compositional
     holdout_rate: float = 0.1  # chance an action is a held-out pair when one is possible (keeps that split filled)
+    # chance an action whose verb has a reverse is undone by the next one (push, then pull back): intra-video
+    # EgoMCQ questions then often pit an action against its reverse, which only the order of the frames tells apart
+    undo_rate: float = 0.0
     val_fraction: float = 0.1  # share of videos in val / test (at least one each when there are >= 3 videos)
     test_fraction: float = 0.1
     watermark: bool = False  # write the frame index into the top-left corner (for reader tests)
@@ -106,6 +109,7 @@ class SynthConfig:
             (0 <= self.val_fraction + self.test_fraction < 1, "val_fraction + test_fraction must be in [0, 1)"),
             (self.workers >= 0, f"workers={self.workers} must be >= 0 (0 = one per core)"),
             (0 <= self.holdout_rate <= 1, f"holdout_rate={self.holdout_rate} must be in [0, 1]"),
+            (0 <= self.undo_rate <= 1, f"undo_rate={self.undo_rate} must be in [0, 1]"),
             (self.narration_style in NARRATION_STYLES,
              f"narration_style={self.narration_style!r}; valid: {', '.join(NARRATION_STYLES)}"),
         ]  # fmt: skip
@@ -203,7 +207,7 @@ def _make_video(job: tuple[SynthConfig, int, str]) -> dict:
     uid = _video_uid(cfg.seed, index)
     n_actions = int(rng.integers(cfg.min_actions, cfg.max_actions + 1))
     held = parse_holdout(cfg.holdout_pairs)
-    plan = plan_video(rng, n_actions, (cfg.min_action_s, cfg.max_action_s), held, cfg.holdout_rate)
+    plan = plan_video(rng, n_actions, (cfg.min_action_s, cfg.max_action_s), held, cfg.holdout_rate, cfg.undo_rate)
     look = make_look(rng, cfg.size, plan.duration, cfg.head_motion)
     frames = _write_chunks(render_frames(plan, look, cfg.size, cfg.fps, cfg.watermark), Path(root), uid, cfg)
     actions = []

@@ -32,6 +32,7 @@ __all__ = [
     "noun_by_key",
     "read_nouns",
     "read_verbs",
+    "reverse_verbs",
     "verb_by_key",
     "write_taxonomy",
 ]
@@ -345,3 +346,12 @@ def base_phrase(verb_key: str, obj: str) -> str:
     words = verb_by_key(verb_key).templates[0].split(" ")
     words[0] = _base_word(words[0])
     return " ".join(" ".join(words).replace("the {n}", obj).split())
+
+
+def reverse_verbs(root: Path) -> dict[int, dict[str, str]]:
+    """Verb id -> the ``verbs.csv`` row of its reverse (empty when the file is missing or has no reverses)."""
+    if not (root / "verbs.csv").is_file():
+        return {}
+    verbs = read_verbs(root / "verbs.csv")
+    by_key = {v["key"]: v for v in verbs}
+    return {int(v["id"]): by_key[v["reverse"]] for v in verbs if v.get("reverse")}

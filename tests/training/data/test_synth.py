@@ -171,3 +171,30 @@ def test_config_errors_name_the_problem() -> None:
         SynthConfig(fps=3, chunk_seconds=0.5).validate()
     with pytest.raises(ValueError, match="videos=0"):
         SynthConfig(videos=0).validate()
+
+
+def _undone(plans) -> tuple[int, int]:
+    """(actions with a reverse verb followed by that reverse on the same object, actions with a reverse verb)."""
+    undone = total = 0
+    for plan in plans:
+        for a, b in zip(plan.actions, plan.actions[1:], strict=False):
+            if a.verb.reverse and a.scene == b.scene:
+                total += 1
+                undone += b.verb.key == a.verb.reverse and b.obj == a.obj
+    return undone, total
+
+
+def test_undo_rate_puts_an_action_and_its_reverse_next_to_each_other() -> None:
+    from egovlpv2_edge.training.data._plan import plan_video
+
+    def plans(rate: float) -> list:
+        return [plan_video(np.random.default_rng([3, k]), 40, (1.5, 4.0), set(), undo_rate=rate) for k in range(8)]
+
+    never, default = plans(0.0), [plan_video(np.random.default_rng([3, k]), 40, (1.5, 4.0), set()) for k in range(8)]
+    assert [[(a.verb.key, a.obj, a.start) for a in p.actions] for p in never] == [
+        [(a.verb.key, a.obj, a.start) for a in p.actions] for p in default
+    ]  # the option off draws nothing: the same videos as before it existed
+    off, always = _undone(never), _undone(plans(1.0))
+    assert always[0] / always[1] > 0.9 > 0.5 > off[0] / off[1], (always, off)  # where possible (room, state), undone
+    with pytest.raises(ValueError, match=r"undo_rate=1.5 must be in \[0, 1\]"):
+        SynthConfig(undo_rate=1.5).validate()

@@ -215,6 +215,8 @@ def test_egomcq_shuffled_control_is_paired_with_the_in_order_run(small_data, pre
     assert "frames shuffled; drop" in out and "frames reversed (played backwards); drop" in out
     p, b = json.loads(plain.read_text()), json.loads(both.read_text())
     assert b["egomcq"] == p["egomcq"]  # the in-order column is the plain run
+    counts = b["counts"]  # the questions decided by the order of the frames are a subset of the intra ones
+    assert set(counts) == {"inter", "intra", "intra_reverse"} and 0 <= counts["intra_reverse"] <= counts["intra"]
     assert "shuffled" not in p and "reversed" not in p
     for control in ("shuffled", "reversed"):
         assert set(b[control]) == {"dual", "fusion", "ensemble"}
