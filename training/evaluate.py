@@ -39,7 +39,7 @@ class FrameControl:
     """The same EgoMCQ questions with each clip's frames reordered: accuracy (percent) per scoring and question
     type, and the paired drop (in order minus reordered) with its 95% half-width, in points."""
 
-    accuracy: dict[str, dict[str, float]]  # scoring -> {"inter", "intra"}
+    accuracy: dict[str, dict[str, float]]  # scoring -> kind (:data:`MCQ_KINDS`)
     drop: dict[str, dict[str, tuple[float, float]]]  # scoring -> kind -> (drop, 95% half-width)
 
 
