@@ -192,8 +192,9 @@ def plan_video(rng: np.random.Generator, n_actions: int, dur_range: tuple[float,
 
     With probability ``undo_rate`` an action whose verb has a reverse is undone by the next one where possible
     (push, then pull the same object back; open, then close it): the same object's two actions, which differ
-    only in the order of their frames, are then next to each other, as in footage of people at work. At 0 no
-    random number is drawn for it, so the videos are those of a plan without the option.
+    only in the order of their frames, are then next to each other, as in footage of people at work (an undo
+    may be undone in turn). At 0 no random number is drawn for it, so the videos are those of a plan without the
+    option.
     """
     prefer = [next(n for n in _SCENE_NOUNS if n.key == nk) for _, nk in sorted(holdout)]
     scenes = [make_scene(0, rng, prefer)]
