@@ -20,7 +20,6 @@ once, with the eval transform.
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from torch import nn
 from egovlpv2_edge.model import EgoVLPv2, create_model
 from egovlpv2_edge.tokenizer import Tokenizer
 from egovlpv2_edge.training.data.dataset import EgoClipDataset
+from egovlpv2_edge.training.data.taxonomy import reverse_verbs
 from egovlpv2_edge.training.optim import is_fused_only
 
 HELD_OUT = ("val", "test")  # held-out clips come from these splits, in this order
@@ -56,10 +56,7 @@ def _clips(data: Path, splits: tuple[str, ...], frames: int, size: int, limit: i
 
 def _second_of_pair(data: Path) -> set[int]:
     """Verb ids listed after their reverse in ``verbs.csv`` (put down for pick up / put down)."""
-    with (data / "verbs.csv").open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    ids = {row["key"]: int(row["id"]) for row in rows}
-    return {int(row["id"]) for row in rows if row["reverse"] and ids[row["reverse"]] < int(row["id"])}
+    return {verb for verb, rev in reverse_verbs(data).items() if int(rev["id"]) < verb}
 
 
 def _as_first_verb(clips: dict, second: set[int]) -> torch.Tensor:
