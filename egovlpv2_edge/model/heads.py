@@ -119,8 +119,7 @@ class FusionHeads(nn.Module):
             raise ValueError("this model has no VTM head (heads.vtm is false in its config)")
         text, video = self.vtm_pooler_inputs(video_cls, text_tokens)
         for x, pooler in ((text, self.text_pooler), (video, self.video_pooler)):
-            stats = _moments(x) if reduce is None else reduce(_moments(x))
-            n, total, squares = stats
+            n, total, squares = _moments(x) if reduce is None else reduce(_moments(x))
             mean = total / n
             std = (squares / n - mean**2).clamp(min=0.0).sqrt().clamp(min=1e-4)
             weight = pooler.dense.weight.double() / std

@@ -25,7 +25,7 @@ from egovlpv2_edge.model import EgoVLPv2
 from egovlpv2_edge.tokenizer import Tokenizer
 from egovlpv2_edge.training.evaluate import paired_drop
 from egovlpv2_edge.training.tasks.checkpoint import FinetunedRun
-from egovlpv2_edge.training.tasks.metrics import mir_map, mir_ndcg, qa_accuracy, recall_hits
+from egovlpv2_edge.training.tasks.metrics import mir_map, mir_ndcg, qa_outcomes, recall_hits
 
 log = logging.getLogger(__name__)
 
@@ -159,34 +159,37 @@ def evaluate_qa(run: FinetunedRun, data: str | Path, split: str = "test", shuffl
     test, train = _qa_loader(run, data, split, limit), _qa_loader(run, data, "train", limit)
     res = _qa_pass(run, test, length, shuffle=False, mc=True)
     table = EvalTable(f"QA ({split}, {len(res['answer'])} questions, {len(run.vocab['answers'])} answers)")
-    table.add(f"model ({run.mode} head)", qa_accuracy(res["pred"], res["answer"], res["type"]))
     compared: dict[str, dict[str, np.ndarray]] = {}  # baseline -> per-question outcomes, for the paired intervals
+
+    def add(row: str, pred: Sequence[int], out: dict[str, list], baseline: str | None = None) -> dict:
+        hits = qa_outcomes(pred, out["answer"], out["type"])
+        table.add(row, {k: 100.0 * float(v.mean()) for k, v in hits.items()})
+        if baseline is not None:
+            compared[baseline] = hits
+        return hits
+
+    model_hits = add(f"model ({run.mode} head)", res["pred"], res)
     if shuffle_frames:
         shuf = _qa_pass(run, test, length, shuffle=True)
-        table.add("model, shuffled frames", qa_accuracy(shuf["pred"], shuf["answer"], shuf["type"]))
-        compared["the model with shuffled frames"] = _outcomes(shuf["pred"], res["answer"], res["type"])
+        add("model, shuffled frames", shuf["pred"], shuf, "the model with shuffled frames")
     train_items = train.dataset.items
     index = {a: i for i, a in enumerate(run.vocab["answers"])}
     prior = answer_prior([index[q.answer] for q in train_items], [q.type for q in train_items])
     fallback = Counter(index[q.answer] for q in train_items).most_common(1)[0][0]
-    prior_pred = [prior.get(t, fallback) for t in res["type"]]
-    table.add("answer prior (per type)", qa_accuracy(prior_pred, res["answer"], res["type"]))
-    compared["answer prior"] = _outcomes(prior_pred, res["answer"], res["type"])
+    add("answer prior (per type)", [prior.get(t, fallback) for t in res["type"]], res, "answer prior")
     if probe_epochs > 0:
         tr = _qa_pass(run, train, length, shuffle=False, feats="dual")
         te = _qa_pass(run, test, length, shuffle=False, feats="dual")
         head = _probe(torch.cat(tr["features"]), torch.tensor(tr["answer"]), len(index), run.head.dropout, probe_epochs)
         with torch.no_grad():
             pred = head(torch.cat(te["features"])).argmax(-1).tolist()
-        table.add("same head on dual features", qa_accuracy(pred, te["answer"], te["type"]))
-        compared["same head on dual features"] = _outcomes(pred, te["answer"], te["type"])
+        add("same head on dual features", pred, te, "same head on dual features")
     mc_dual: list[int] = []
     if run.dual_head is not None:  # the gates-off head a package answers with (dual embeddings, device length)
         te = _qa_pass(run, test, run.model.cfg.text.max_length, shuffle=False, feats="embedding")
         with torch.no_grad():
             logits = run.dual_head(torch.cat(te["features"]))
-        table.add("gates-off head (dual embeddings)", qa_accuracy(logits.argmax(-1).tolist(), te["answer"], te["type"]))
-        compared["gates-off head"] = _outcomes(logits.argmax(-1).tolist(), te["answer"], te["type"])
+        add("gates-off head (dual embeddings)", logits.argmax(-1).tolist(), te, "gates-off head")
         for k, q in enumerate(test.dataset.items):  # the same head restricted to a question's choices
             if q.choices:
                 mc_dual.append(int(torch.argmax(logits[k, [index[c] for c in q.choices]])))
@@ -202,14 +205,8 @@ def evaluate_qa(run: FinetunedRun, data: str | Path, split: str = "test", shuffl
         table.notes.append("gates-off head: the checkpoint's head on [video embedding; text embedding] (the package's "
                            "heads/qa_dual.json), questions at the text graph's length")  # fmt: skip
     table.add_paired("model head minus each baseline, points (95% interval from the per-question differences):",
-                     _outcomes(res["pred"], res["answer"], res["type"]), compared)  # fmt: skip
+                     model_hits, compared)  # fmt: skip
     return table
-
-
-def _outcomes(pred: Sequence[int], answer: Sequence[int], types: Sequence[str]) -> dict[str, np.ndarray]:
-    """Per-question right/wrong, overall (``"all"``) and per question type (the columns of :func:`qa_accuracy`)."""
-    right, t = np.equal(pred, answer), np.asarray(types)
-    return {"all": right, **{name: right[t == name] for name in sorted(set(t.tolist()))}}
 
 
 # ----- retrieval ---------------------------------------------------------------------------------------------

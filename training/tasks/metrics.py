@@ -24,6 +24,7 @@ __all__ = [
     "mir_map",
     "mir_ndcg",
     "qa_accuracy",
+    "qa_outcomes",
     "recall_at_iou",
     "recall_hits",
     "relevancy_matrix",
@@ -168,17 +169,23 @@ def recall_hits(
     return out
 
 
-def qa_accuracy(pred: Sequence[int], answer: Sequence[int], types: Sequence[str] | None = None) -> dict[str, float]:
-    """Percent correct overall (``"all"``) and per question type when ``types`` is given."""
+def qa_outcomes(
+    pred: Sequence[int], answer: Sequence[int], types: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
+    """Per-question right/wrong overall (``"all"``) and per question type when ``types`` is given."""
     pred, answer = np.asarray(pred), np.asarray(answer)
     if pred.shape != answer.shape:
         raise ValueError(f"{pred.shape} predictions for {answer.shape} answers")
     if not len(pred):
         raise ValueError("no predictions; accuracy is undefined")
-    out = {"all": 100.0 * float((pred == answer).mean())}
+    right = pred == answer
+    out = {"all": right}
     if types is not None:
         t = np.asarray(types)
-        for name in sorted(set(t.tolist())):
-            m = t == name
-            out[name] = 100.0 * float((pred[m] == answer[m]).mean())
+        out |= {name: right[t == name] for name in sorted(set(t.tolist()))}
     return out
+
+
+def qa_accuracy(pred: Sequence[int], answer: Sequence[int], types: Sequence[str] | None = None) -> dict[str, float]:
+    """Percent correct overall (``"all"``) and per question type when ``types`` is given."""
+    return {k: 100.0 * float(v.mean()) for k, v in qa_outcomes(pred, answer, types).items()}
