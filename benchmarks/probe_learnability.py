@@ -1,15 +1,17 @@
 """Can a part of the model learn what pre-training asks of it, given direct supervision and a few hundred steps?
 
     python benchmarks/probe_learnability.py direction --data DATA [--checkpoint CKPT | --preset egovlpv2_small]
-        [--steps 300] [--lr 2e-4] [--batch 32] [--cnn]
+        [--steps 300] [--lr 2e-4] [--batch 32] [--cnn | --motion-branch C]
     python benchmarks/probe_learnability.py vtm --data DATA --checkpoint CKPT [--steps 200] [--lr 1e-4]
         [--cross-lr-mult 4] [--video-lr-mult 5] [--standardize] [--negatives random|hard]
 
 ``direction``: the video encoder (the checkpoint's, or a fresh one of ``--preset``) plus a linear head, trained to
 tell which verb of its reverse pair in the taxonomy (pick up / put down, open / close, ...) a clip shows, on the
 training clips whose verb has one and on the same clips played backwards (a pick up played backwards shows a put
-down); each batch holds both. ``--cnn`` trains a three-layer 3D CNN on the same clips instead, as a reference for
-how learnable the signal is. ``vtm``: the checkpoint's fused layers and VTM head trained on VTM
+down); each batch holds both. ``--cnn`` trains a three-layer 3D CNN (``MotionBranch`` at 32 channels, with a
+linear head of its own) on the same clips instead, as a reference for how learnable the signal is;
+``--motion-branch C`` gives the fresh model ``video.motion_branch=C`` (three such
+convolutions onto its CLS token). ``vtm``: the checkpoint's fused layers and VTM head trained on VTM
 alone (half matched pairs, half negatives: random clips of another action, or, with ``--negatives hard``, sampled
 from the dual similarity as pre-training does), with the text backbone locked as in the CPU recipe;
 ``--video-lr-mult 0`` locks the video backbone too and ``--standardize`` starts the VTM poolers from the training
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from egovlpv2_edge.model import EgoVLPv2, create_model
+from egovlpv2_edge.model.video import MotionBranch
 from egovlpv2_edge.tokenizer import Tokenizer
 from egovlpv2_edge.training.data.dataset import EgoClipDataset
 from egovlpv2_edge.training.data.taxonomy import reverse_verbs
@@ -67,36 +70,26 @@ def _as_first_verb(clips: dict, second: set[int]) -> torch.Tensor:
     return video
 
 
-class _CNN(nn.Module):
-    """Three 3D convolutions (time kernel 2) and a linear layer: the reference for the direction probe."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv3d(3, 32, (2, 5, 5), padding=(0, 2, 2)), nn.ReLU(), nn.MaxPool3d((1, 2, 2)),
-            nn.Conv3d(32, 64, (2, 3, 3), padding=(0, 1, 1)), nn.ReLU(), nn.MaxPool3d((1, 2, 2)),
-            nn.Conv3d(64, 64, (2, 3, 3), padding=(0, 1, 1)), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(),
-            nn.Linear(64, 1),
-        )  # fmt: skip
-
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        return self.net(video.transpose(1, 2)).squeeze(-1)  # (B, F, C, H, W) -> (B,)
-
-
 def _model(args: argparse.Namespace) -> tuple[EgoVLPv2, Tokenizer | None]:
     """The checkpoint's model (its config and tokenizer read from it), else a fresh ``--preset`` model."""
     if args.checkpoint is None:
-        return create_model(args.preset), None
+        extra = {"video": {"motion_branch": args.motion_branch}} if args.motion_branch is not None else {}
+        return create_model(args.preset, **extra), None
+    if args.motion_branch is not None:
+        raise SystemExit("probe: --motion-branch builds a fresh model; leave out --checkpoint")
     from egovlpv2_edge.training.tasks.checkpoint import load_backbone
 
     return load_backbone(args.checkpoint)
 
 
 def _direction(args: argparse.Namespace) -> list[tuple[int, float, float, float]]:
-    if args.cnn:
-        net: nn.Module = _CNN()
+    if args.cnn:  # the motion branch's convolutions at 32 channels, with a linear head of their own
+        cnn = MotionBranch(32, 1)
         frames, size = args.frames, args.size
-        score = net
+        net: nn.Module = cnn
+
+        def score(x: torch.Tensor) -> torch.Tensor:
+            return cnn(x).flatten()
     else:
         model = _model(args)[0].train()
         frames, size = model.cfg.video.num_frames, model.cfg.video.img_size
@@ -238,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--negatives", choices=("random", "hard"), default="random", help="vtm: negative pairs")
     p.add_argument("--cnn", action="store_true", help="direction: a 3D CNN instead of the model's video encoder")
+    p.add_argument(
+        "--motion-branch",
+        type=int,
+        default=None,
+        help="direction, fresh model: video.motion_branch channels (0 none; default: the preset's)",
+    )
     p.add_argument("--frames", type=int, default=4, help="direction --cnn: frames per clip")
     p.add_argument("--size", type=int, default=64, help="direction --cnn: frame side")
     p.add_argument("--max-clips", type=int, default=1600, help="training clips decoded (held-out: a quarter)")

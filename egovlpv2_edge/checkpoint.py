@@ -64,6 +64,7 @@ class LoadReport:
 
 
 IGNORE = "<ignore>"
+MOTION_BRANCH = r"^video\.motion\."  # video.motion_branch: in no released checkpoint, and a no-op until it trains
 
 # (pattern, replacement) pairs applied to a key with the prefix already removed; first match wins.
 _VIDEO_RULES: list[tuple[str, str]] = [
@@ -253,7 +254,7 @@ def _more(items: list[Any]) -> str:
 def load_official(model: nn.Module, checkpoint: Mapping[str, Any], strict: bool = True) -> LoadReport:
     """Load the released EgoVLPv2 checkpoint (the whole file dict or its ``state_dict``) into the whole model."""
     sd = checkpoint.get("state_dict", checkpoint)
-    return load_mapped(model, strip_module_prefix(sd), map_official_key, strict=strict)
+    return load_mapped(model, strip_module_prefix(sd), map_official_key, allow_missing=(MOTION_BRANCH,), strict=strict)
 
 
 def load_timm_vit(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True) -> LoadReport:
@@ -264,7 +265,7 @@ def load_timm_vit(model: nn.Module, state_dict: Mapping[str, torch.Tensor], stri
         state_dict,
         map_timm_vit_key,
         expected_prefixes=("video.",),
-        allow_missing=(r"\.time_attn\.", r"\.norm3\.", r"\.cross\.", r"^video\.temporal_embed$"),
+        allow_missing=(r"\.time_attn\.", r"\.norm3\.", r"\.cross\.", r"^video\.temporal_embed$", MOTION_BRANCH),
         strict=strict,
     )
 

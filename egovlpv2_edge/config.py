@@ -31,6 +31,9 @@ class VideoConfig:
     drop_path: float = 0.0  # stochastic depth rate at the last block (linear ramp)
     dense_attention_max_tokens: int = 256  # up to this many tokens, divided attention runs as one masked attention
     motion_stem: bool = False  # patch embedding also sees each frame minus the previous one (6 input channels)
+    # channels of a small 3D CNN beside the patch embedding (three layers of time kernel 2, pooled over the clip)
+    # whose output is added to the CLS token before the first block; 0: none (as in the paper)
+    motion_branch: int = 0
     # time-attention init. "reference": qkv 0, proj weight 1 (outputs 0; the LayerNorm after it cancels the
     # constant shift, so from scratch the branch gets no gradient); "zero_proj": qkv N(0, 0.02), proj weight 0
     # (outputs 0 and trains). Only matters without pretrained weights.
@@ -111,6 +114,10 @@ class ModelConfig:
         _check(
             self.video.img_size % self.video.patch_size == 0,
             f"video.img_size {self.video.img_size} is not a multiple of patch_size {self.video.patch_size}",
+        )
+        _check(
+            self.video.motion_branch >= 0,
+            f"video.motion_branch {self.video.motion_branch} must be >= 0 (its channels; 0 for none)",
         )
         top = min(self.video.depth, self.text.depth)
         _check(

@@ -149,8 +149,48 @@ class SpaceTimeBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+class MotionBranch(nn.Module):
+    """Three 3D convolutions over consecutive frames, pooled over the clip and projected to the token width.
+
+    A transformer over 16-px patches learns the direction of a motion (a pick up from a put down) slowly from
+    scratch; three small convolutions over consecutive frames read it within a few dozen steps. The output is
+    added to the CLS token, so it reaches both the dual embedding and the fused stream through the residual path.
+    The projection starts at zero: the branch changes nothing until it trains.
+    """
+
+    MIN_FRAMES = 4  # each convolution spans two frames and shortens the clip by one
+
+    def __init__(self, channels: int, width: int) -> None:
+        super().__init__()
+        c = channels
+        self.convs = nn.Sequential(
+            nn.Conv3d(3, c, (2, 5, 5), padding=(0, 2, 2)), nn.ReLU(), nn.MaxPool3d((1, 2, 2)),
+            nn.Conv3d(c, 2 * c, (2, 3, 3), padding=(0, 1, 1)), nn.ReLU(), nn.MaxPool3d((1, 2, 2)),
+            nn.Conv3d(2 * c, 2 * c, (2, 3, 3), padding=(0, 1, 1)), nn.ReLU(),
+        )  # fmt: skip
+        self.proj = nn.Linear(2 * c, width)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """Normalised frames ``(B, F, 3, H, W)`` to ``(B, 1, width)``.
+
+        The weights do not depend on F (a checkpoint moves between frame counts); a clip of fewer than 4 frames
+        repeats its last one.
+        """
+        short = self.MIN_FRAMES - frames.shape[1]
+        if short > 0:
+            frames = torch.cat([frames, frames[:, -1:].expand(-1, short, -1, -1, -1)], dim=1)
+        x = self.convs(frames.transpose(1, 2))  # (B, 2c, F-3, H/4, W/4)
+        return self.proj(x.mean(dim=(2, 3, 4)))[:, None]
+
+    def reset(self) -> None:
+        """Zero the projection (the branch then adds nothing)."""
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+
 class VideoEncoder(nn.Module):
-    """Patch, position and temporal embeddings, space-time blocks and the dual-mode final norm.
+    """Patch, position and temporal embeddings (and the optional motion branch), space-time blocks and the
+    dual-mode final norm.
 
     Args:
         cfg: Video architecture.
@@ -164,6 +204,7 @@ class VideoEncoder(nn.Module):
         self.num_fused = num_fused
         in_chans = 6 if cfg.motion_stem else 3
         self.patch_embed = nn.Conv2d(in_chans, cfg.width, cfg.patch_size, stride=cfg.patch_size)
+        self.motion = MotionBranch(cfg.motion_branch, cfg.width) if cfg.motion_branch else None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.num_patches, cfg.width))
         self.temporal_embed = nn.Parameter(torch.zeros(1, cfg.num_frames, cfg.width))
@@ -189,6 +230,7 @@ class VideoEncoder(nn.Module):
             )
         if H != self.cfg.img_size or W != self.cfg.img_size:
             raise ValueError(f"frames are {H}x{W} but the model expects {self.cfg.img_size}x{self.cfg.img_size}")
+        motion = self.motion(frames) if self.motion is not None else None  # (B, 1, D)
         if self.cfg.motion_stem:
             prev = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)  # the first frame is its own predecessor
             frames, C = torch.cat([frames, frames - prev], dim=2), 2 * C  # (B, F, 6, H, W)
@@ -197,6 +239,8 @@ class VideoEncoder(nn.Module):
         x = x.flatten(2).transpose(1, 2).reshape(B, F_ * N, D)  # (B, F*N, D)
         pos = self.pos_embed[:, 1:].repeat(1, F_, 1) + self.temporal_embed.repeat_interleave(N, dim=1)
         cls = cls_token.expand(B, -1, -1) + self.pos_embed[:, :1]  # (B, 1, D)
+        if motion is not None:
+            cls = cls + motion
         return torch.cat([cls, x + pos], dim=1)  # (B, 1 + F*N, D)
 
     def run_blocks(self, x: torch.Tensor, start: int, end: int, checkpoint: bool = False) -> torch.Tensor:
@@ -217,6 +261,8 @@ class VideoEncoder(nn.Module):
         nn.init.normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.zeros_(self.temporal_embed)
+        if self.motion is not None:
+            self.motion.reset()
         for block in self.blocks:
             reset_time_attention(block.time_attn, self.cfg.time_init)
 

@@ -48,10 +48,12 @@ class Exported:
 
 
 def _randomize_gates(model: EgoVLPv2, scale: float = 1.0) -> None:
-    """Distinct non-zero gates, so fused graphs really depend on the cross-attention branches."""
+    """Distinct non-zero gates, so fused graphs really depend on the cross-attention branches, and a non-zero
+    motion-branch projection (it starts at 0), so the video graphs really depend on the branch."""
     with torch.no_grad():
         for i, gate in enumerate(model.gates()):
             gate.fill_(scale * (1 + i) / len(model.gates()))
+        torch.nn.init.normal_(model.video.motion.proj.weight, std=0.5)
 
 
 @pytest.fixture(scope="module")

@@ -201,6 +201,41 @@ def test_motion_stem_sees_frame_differences() -> None:
     assert torch.equal(xp[:, 1 + N :], yp[:, 1 + N :])
 
 
+def test_motion_branch_adds_to_the_cls_token_only() -> None:
+    torch.manual_seed(0)
+    model = create_model("egovlpv2_test", video={"motion_branch": 4})
+    frames, _, _ = random_inputs(model)
+    video, branch = model.video, model.video.motion
+    plain = create_model("egovlpv2_test", video={"motion_branch": 0})
+    assert plain.video.motion is None
+    assert plain.load_state_dict(model.state_dict(), strict=False).unexpected_keys == [
+        k for k in model.state_dict() if k.startswith("video.motion.")
+    ]
+    with torch.no_grad():
+        # the projection starts at zero: the same weights without the branch give the same tokens
+        x0 = video.embed(frames, video.cls_token)
+        assert torch.equal(x0, plain.video.embed(frames, plain.video.cls_token))
+        torch.nn.init.normal_(branch.proj.weight)
+        x = video.embed(frames, video.cls_token)
+        assert torch.equal(x[:, 1:], x0[:, 1:])
+        assert torch.allclose(x[:, :1], x0[:, :1] + branch(frames), atol=1e-6)
+        assert not torch.allclose(x[:, :1], x0[:, :1], atol=1e-3)
+        # every convolution spans two frames (a 2-frame clip repeats its last one), so their order matters
+        assert [branch.convs[i].kernel_size[0] for i in (0, 3, 6)] == [2, 2, 2] and frames.shape[1] == 2
+        assert not torch.allclose(branch(frames), branch(frames.flip(1)), atol=1e-4)
+        padded = torch.cat([frames, frames[:, 1:], frames[:, 1:]], dim=1)
+        assert torch.allclose(branch(frames), branch(padded), atol=1e-6)
+    # the weights do not depend on the frame count
+    longer = create_model("egovlpv2_test", video={"motion_branch": 4, "num_frames": 8})
+    assert all(t.shape == longer.video.motion.state_dict()[k].shape for k, t in branch.state_dict().items())
+    # from zero, the projection gets a gradient at once (and the convolutions once it has moved)
+    fresh = create_model("egovlpv2_test", video={"motion_branch": 4}).train()
+    fresh.encode_video(frames).pow(2).sum().backward()
+    assert fresh.video.motion.proj.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="motion_branch -1 must be >= 0"):
+        create_model("egovlpv2_test", video={"motion_branch": -1})
+
+
 def test_gradients_reach_gates_in_fused_mode(tiny) -> None:
     frames, ids, mask = random_inputs(tiny)
     tiny.train()
