@@ -47,7 +47,7 @@ class Exported:
     stayed_training: bool
 
 
-def _randomize_gates(model: EgoVLPv2, scale: float = 1.0) -> None:
+def _randomize_gates_and_motion(model: EgoVLPv2, scale: float = 1.0) -> None:
     """Distinct non-zero gates, so fused graphs really depend on the cross-attention branches, and a non-zero
     motion-branch projection (it starts at 0), so the video graphs really depend on the branch."""
     with torch.no_grad():
@@ -60,7 +60,7 @@ def _randomize_gates(model: EgoVLPv2, scale: float = 1.0) -> None:
 def separate(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     torch.manual_seed(0)
     model = create_model("egovlpv2_test")
-    _randomize_gates(model)
+    _randomize_gates_and_motion(model)
     model.train()  # export must switch to eval and restore the mode
     records = export_all(model, tmp_path_factory.mktemp("separate"))
     stayed_training = model.training

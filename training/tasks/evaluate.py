@@ -25,7 +25,7 @@ from egovlpv2_edge.model import EgoVLPv2
 from egovlpv2_edge.tokenizer import Tokenizer
 from egovlpv2_edge.training.evaluate import paired_drop
 from egovlpv2_edge.training.tasks.checkpoint import FinetunedRun
-from egovlpv2_edge.training.tasks.metrics import mir_map, mir_ndcg, qa_outcomes, recall_hits
+from egovlpv2_edge.training.tasks.metrics import mir_map, mir_ndcg, percent, qa_outcomes, recall_hits
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def evaluate_qa(run: FinetunedRun, data: str | Path, split: str = "test", shuffl
 
     def add(row: str, pred: Sequence[int], out: dict[str, list], baseline: str | None = None) -> dict:
         hits = qa_outcomes(pred, out["answer"], out["type"])
-        table.add(row, {k: 100.0 * float(v.mean()) for k, v in hits.items()})
+        table.add(row, percent(hits))
         if baseline is not None:
             compared[baseline] = hits
         return hits
@@ -309,7 +309,7 @@ def evaluate_nlq(run: FinetunedRun, annotations: str | Path, video_root: str | P
     rows["dual similarity, top 5 windows"] = [_top_windows(f.sim, window, f.duration) for f in feats]
     hits = {name: recall_hits(preds, gts) for name, preds in rows.items()}
     for name, h in hits.items():
-        table.add(name, {metric: 100.0 * float(v.mean()) for metric, v in h.items()})
+        table.add(name, percent(h))
     head, *others = hits
     table.add_paired("span head minus each baseline, points (95% interval from the per-query differences):",
                      hits[head], {o: hits[o] for o in others})  # fmt: skip

@@ -23,6 +23,7 @@ __all__ = [
     "class_map",
     "mir_map",
     "mir_ndcg",
+    "percent",
     "qa_accuracy",
     "qa_outcomes",
     "recall_at_iou",
@@ -146,7 +147,11 @@ def recall_at_iou(
     Returns:
         ``{"R@1 IoU=0.3": ..., ...}`` in percent.
     """
-    hits = recall_hits(preds, gts, ks, ious)
+    return percent(recall_hits(preds, gts, ks, ious))
+
+
+def percent(hits: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per-item right/wrong arrays (:func:`recall_hits`, :func:`qa_outcomes`) to percent right (0 for none)."""
     return {name: 100.0 * float(hit.mean()) if hit.size else 0.0 for name, hit in hits.items()}
 
 
@@ -188,4 +193,4 @@ def qa_outcomes(
 
 def qa_accuracy(pred: Sequence[int], answer: Sequence[int], types: Sequence[str] | None = None) -> dict[str, float]:
     """Percent correct overall (``"all"``) and per question type when ``types`` is given."""
-    return {k: 100.0 * float(v.mean()) for k, v in qa_outcomes(pred, answer, types).items()}
+    return percent(qa_outcomes(pred, answer, types))
