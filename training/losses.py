@@ -145,20 +145,43 @@ def mlm_mask(
     return masked.to(input_ids.device), labels.to(input_ids.device)
 
 
-def time_reversal_loss(
-    text: torch.Tensor, forward: torch.Tensor, backward: torch.Tensor, temperature: float
+def margin_loss(
+    anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """Summed ``-log sigmoid((<t, v> - <t, v reversed>) / tau)``: each text must match its clip better than the same
-    clip played backwards.
+    """Summed ``-log sigmoid((<a, p> - <a, n>) / tau)``: each anchor must match its positive better than its one
+    hard negative.
+
+    Time-reversal negatives pass texts as anchors, their clips as positives and the same clips played backwards as
+    negatives (shuffled-frame negatives likewise); :func:`reverse_pair_loss` combines four such terms.
 
     Args:
-        text: Normalised text embeddings ``(k, E)``.
-        forward: Normalised embeddings of their clips ``(k, E)``.
-        backward: Normalised embeddings of the same clips with the frame order reversed ``(k, E)``.
+        anchor: Normalised embeddings ``(k, E)``.
+        positive: Normalised embeddings paired with them ``(k, E)``.
+        negative: Normalised hard negatives ``(k, E)``.
         temperature: The contrastive temperature.
     """
-    margin = ((text * forward).sum(-1) - (text * backward).sum(-1)) / temperature
+    margin = ((anchor * positive).sum(-1) - (anchor * negative).sum(-1)) / temperature
     return -F.logsigmoid(margin).sum()
+
+
+def reverse_pair_loss(
+    clip: torch.Tensor, backward: torch.Tensor, text: torch.Tensor, reverse_text: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Summed 2 x 2 contrast of a clip and the same clip played backwards against its narration and the narration
+    with the reverse verb: the clip picks its narration, the backwards clip (the reverse action) the reverse
+    narration, and each narration picks its clip; the mean of the four :func:`margin_loss` terms per item.
+
+    Args:
+        clip: Normalised clip embeddings ``(k, E)``.
+        backward: Normalised embeddings of the same clips played backwards ``(k, E)``.
+        text: Normalised embeddings of their narrations ``(k, E)``.
+        reverse_text: Normalised embeddings of the narrations with the reverse verb ``(k, E)``.
+        temperature: The contrastive temperature.
+    """
+    tau, rev = temperature, reverse_text
+    video_side = margin_loss(clip, text, rev, tau) + margin_loss(backward, rev, text, tau)
+    text_side = margin_loss(text, clip, backward, tau) + margin_loss(rev, backward, clip, tau)
+    return (video_side + text_side) / 4
 
 
 def vtm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

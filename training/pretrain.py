@@ -15,13 +15,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from egovlpv2_edge.model import EgoVLPv2
+from egovlpv2_edge.tokenizer import Tokenizer
 from egovlpv2_edge.training.distributed import all_reduce_sum, gather_no_grad, gather_with_local_grad
 from egovlpv2_edge.training.losses import (
     egonce_loss,
+    margin_loss,
     mlm_loss_sum,
     mlm_mask,
     positive_mask,
-    time_reversal_loss,
+    reverse_pair_loss,
     vtm_plan,
 )
 
@@ -43,6 +45,12 @@ class LossConfig:
     # weight of the shuffled-frames term: every clip must match its text better than the same clip with its frames
     # in another order (one random non-identity permutation per step); 0 skips the extra video pass
     shuffle_weight: float = 0.0
+    # weight of the reverse-pair term: each clip whose verb has a reverse and the same clip played backwards, scored
+    # against its narration and the same narration with the reverse verb ("puts down the red cup" for a pick up): the
+    # clip must match its narration and the backwards clip (which shows the reverse action) the reverse narration,
+    # each way (a 2 x 2 contrast per clip). Unlike the time-reversal term, it never asks a clip to move away from the
+    # text of what it shows. 0 (the paper) skips the extra video pass
+    reverse_pair_weight: float = 0.0
     # start the VTM head's poolers from the first fused step's statistics (FusionHeads.standardize_poolers), so the
     # small pair-to-pair variation of the fused text and video CLS reaches their tanh; False (the paper) keeps the
     # usual init
@@ -84,6 +92,9 @@ class PretrainTask(nn.Module):
         mask_id: The tokenizer's mask id.
         loss: Objective switches and weights.
         seed: Base seed of the per-step random choices.
+        fusion_from: First step with the fused losses.
+        directional: Verb ids with a reverse (their clips get the time-reversal and reverse-pair terms).
+        reverse_text: :func:`reverse_text_table` of the data, needed when ``loss.reverse_pair_weight > 0``.
     """
 
     def __init__(
@@ -95,10 +106,13 @@ class PretrainTask(nn.Module):
         seed: int,
         fusion_from: int = 0,
         directional: list[int] | None = None,
+        reverse_text: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.directional = list(directional or [])  # verb ids whose clip played backwards shows another verb
+        # token ids and masks (Cv, Cn, L) of each (verb, noun)'s narration with the reverse verb (reverse_text_table)
+        self.reverse_text = reverse_text
         self.fusion_from = fusion_from  # first step with the fused losses (MLM, VTM)
         self.special_ids = frozenset(special_ids)
         self.mask_id = mask_id
@@ -170,22 +184,24 @@ class PretrainTask(nn.Module):
             fused = m.forward_fusion(all_video[vi], all_ids[ti], all_mask[ti])
             vtm = F.cross_entropy(fused.vtm_logits, plan.labels[mine].to(video.device), reduction="sum") / N
 
-        rev = torch.zeros((), device=video.device)
-        if cfg.reverse_weight > 0 and self.directional:  # 4) the clip must beat itself played backwards
-            rev = self._reverse_loss(video, verb, t[mine.to(video.device)], v[mine.to(video.device)])
+        rev = rev_pair = torch.zeros((), device=video.device)
+        if (cfg.reverse_weight > 0 or cfg.reverse_pair_weight > 0) and self.directional:  # 4) and 5): reversed clips
+            local = mine.to(video.device)
+            rev, rev_pair = self._reverse_terms(video, verb, noun, t[local], v[local])
 
         shuf = torch.zeros((), device=video.device)
-        if cfg.shuffle_weight > 0 and video.shape[1] > 1:  # 5) the clip must beat itself with its frames shuffled
+        if cfg.shuffle_weight > 0 and video.shape[1] > 1:  # 6) the clip must beat itself with its frames shuffled
             perm = shuffled_order(video.shape[1], gen).to(video.device)
             shuffled = m.encode_video(video[:, perm], normalize=True)  # (b, E)
             local = mine.to(video.device)
-            shuf = time_reversal_loss(t[local], v[local], shuffled, m.temperature) / N
+            shuf = margin_loss(t[local], v[local], shuffled, m.temperature) / N
 
-        loss = nce + cfg.mlm_weight * mlm + cfg.vtm_weight * vtm + cfg.reverse_weight * rev + cfg.shuffle_weight * shuf
-        logs = {"egonce": nce.detach(), "mlm": all_reduce_sum(mlm), "vtm": all_reduce_sum(vtm)}
-        logs["reverse"], logs["shuffle"] = all_reduce_sum(rev), all_reduce_sum(shuf)
-        logs["loss"] = logs["egonce"] + cfg.mlm_weight * logs["mlm"] + cfg.vtm_weight * logs["vtm"]
-        logs["loss"] = logs["loss"] + cfg.reverse_weight * logs["reverse"] + cfg.shuffle_weight * logs["shuffle"]
+        extra = {"mlm": mlm, "vtm": vtm, "reverse": rev, "reverse_pair": rev_pair, "shuffle": shuf}
+        weights = {"mlm": cfg.mlm_weight, "vtm": cfg.vtm_weight, "reverse": cfg.reverse_weight,
+                   "reverse_pair": cfg.reverse_pair_weight, "shuffle": cfg.shuffle_weight}  # fmt: skip
+        loss = nce + sum(weights[k] * x for k, x in extra.items())
+        logs = {"egonce": nce.detach()} | {k: all_reduce_sum(x) for k, x in extra.items()}
+        logs["loss"] = logs["egonce"] + sum(weights[k] * logs[k] for k in extra)
         return loss * world, logs
 
     @torch.no_grad()
@@ -195,22 +211,69 @@ class PretrainTask(nn.Module):
         out = m.forward_fusion(video, input_ids, attention_mask)
         m.heads.standardize_poolers(out.video_cls, out.text_tokens, all_reduce_sum)
 
-    def _reverse_loss(
-        self, video: torch.Tensor, verb: torch.Tensor, text: torch.Tensor, vid: torch.Tensor
-    ) -> torch.Tensor:
-        """Time-reversal negatives: ``-log sigmoid((s(t, v) - s(t, reversed v)) / tau)``, averaged over the
-        global batch's clips whose verb has a reverse (this process's share of the sum).
+    def _reverse_terms(
+        self, video: torch.Tensor, verb: torch.Tensor, noun: torch.Tensor, text: torch.Tensor, vid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The time-reversal and reverse-pair terms (each zero when its weight is), averaged over the global batch's
+        clips whose verb has a reverse (this process's share of the sum); one backwards pass serves both.
+
+        Time-reversal: :func:`~egovlpv2_edge.training.losses.margin_loss` of each narration ``t`` against its clip
+        ``v`` and the same clip played backwards ``b``. Reverse pair:
+        :func:`~egovlpv2_edge.training.losses.reverse_pair_loss` of ``v``, ``b``, ``t`` and the narration with the
+        reverse verb on the clip's (first) noun.
 
         Args:
             video: Local clips ``(b, F, 3, H, W)``.
             verb: Local multi-hot verbs ``(b, Cv)``.
+            noun: Local multi-hot nouns ``(b, Cn)``.
             text: Normalised local text embeddings ``(b, E)`` (gradients kept).
             vid: Normalised local video embeddings ``(b, E)`` (gradients kept).
+
+        Raises:
+            ValueError: If the reverse-pair term is on and the task was built without the reverse narrations.
         """
-        m = self.model
-        keep = verb[:, self.directional].any(dim=1)  # (b,)
+        m, cfg = self.model, self.loss_cfg
+        if cfg.reverse_pair_weight > 0 and self.reverse_text is None:
+            raise ValueError("loss.reverse_pair_weight > 0 needs the data's reverse narrations (reverse_text_table)")
+        directional = torch.tensor(self.directional, device=verb.device)
+        picked = verb[:, directional] > 0  # (b, D)
+        keep = picked.any(dim=1)
         count = all_reduce_sum(keep.sum().to(torch.float32)).clamp(min=1.0)
+        rev = pair = vid.new_zeros(())
         if not bool(keep.any()):  # after the count's all-reduce, so every process runs the same collectives
-            return vid.new_zeros(())
-        backwards = m.encode_video(video[keep].flip(1), normalize=True)  # (k, E)
-        return time_reversal_loss(text[keep], vid[keep], backwards, m.temperature) / count
+            return rev, pair
+        t, v, tau = text[keep], vid[keep], m.temperature
+        b = m.encode_video(video[keep].flip(1), normalize=True)  # (k, E)
+        if cfg.reverse_weight > 0:
+            rev = margin_loss(t, v, b, tau) / count
+        if cfg.reverse_pair_weight > 0:
+            v_id = directional[picked[keep].to(torch.float32).argmax(dim=1)]  # each clip's first directional verb
+            n_id = noun[keep].argmax(dim=1)  # and its first noun
+            ids, mask = (x.to(verb.device)[v_id, n_id] for x in self.reverse_text)
+            r = m.encode_text(ids, mask, normalize=True)  # (k, E)
+            pair = reverse_pair_loss(v, b, t, r, tau) / count
+        return rev, pair
+
+
+def reverse_text_table(
+    narrations: dict[tuple[int, int], str], tokenizer: Tokenizer, n_verbs: int, n_nouns: int, max_length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and masks ``(Cv, Cn, L)`` of :func:`~egovlpv2_edge.training.data.taxonomy.reverse_narrations`
+    (rows of verbs without a reverse are never read and stay 0).
+
+    Args:
+        narrations: ``(verb id, noun id)`` -> narration with the reverse verb.
+        tokenizer: The run's tokenizer.
+        n_verbs: Verb classes (the multi-hot width).
+        n_nouns: Noun classes.
+        max_length: The text encoder's token length.
+    """
+    ids = torch.zeros(n_verbs, n_nouns, max_length, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    if narrations:
+        keys = sorted(narrations)
+        tok = tokenizer.encode([narrations[k] for k in keys], max_length=max_length)
+        rows, cols = (torch.tensor(x) for x in zip(*keys, strict=True))
+        ids[rows, cols] = torch.from_numpy(tok.input_ids).long()
+        mask[rows, cols] = torch.from_numpy(tok.attention_mask).long()
+    return ids, mask

@@ -25,9 +25,10 @@ from egovlpv2_edge.checkpoint import load_checkpoint, load_minilm, save_checkpoi
 from egovlpv2_edge.runconfig import save_resolved
 from egovlpv2_edge.training.curves import plot_curves
 from egovlpv2_edge.training.data.dataset import EgoClipDataset, collate
+from egovlpv2_edge.training.data.taxonomy import reverse_narrations
 from egovlpv2_edge.training.distributed import DistInfo, barrier, init_distributed
 from egovlpv2_edge.training.optim import build_optimizer, cosine_schedule
-from egovlpv2_edge.training.pretrain import LossConfig, PretrainTask
+from egovlpv2_edge.training.pretrain import LossConfig, PretrainTask, reverse_text_table
 from egovlpv2_edge.training.text import load_or_train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -248,8 +249,13 @@ def train(cfg: PretrainConfig) -> Path:
     steps_per_epoch = len(data) // cfg.batch_size
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
     fusion_from = round(cfg.loss.fusion_start * total)
+    reverse_text = None
+    if cfg.loss.reverse_pair_weight > 0:
+        narrations = reverse_narrations(root)
+        m = model.cfg.text.max_length
+        reverse_text = reverse_text_table(narrations, tokenizer, data.n_verbs, data.n_nouns, m)
     task = PretrainTask(
-        model, tokenizer.special_ids, tokenizer.mask_id, cfg.loss, cfg.seed, fusion_from, data.directional
+        model, tokenizer.special_ids, tokenizer.mask_id, cfg.loss, cfg.seed, fusion_from, data.directional, reverse_text
     )
     opt = build_optimizer(model, cfg.optim)  # before DDP, which registers the parameters that train
     ddp = task
@@ -385,6 +391,6 @@ def _plot(history: list[dict[str, float]], path: Path) -> None:
     plot_curves(
         history,
         path,
-        [(("loss", "egonce", "mlm", "vtm", "reverse", "shuffle"), "pre-training losses")],
+        [(("loss", "egonce", "mlm", "vtm", "reverse", "reverse_pair", "shuffle"), "pre-training losses")],
         "learning rate",
     )

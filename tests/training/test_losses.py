@@ -9,10 +9,11 @@ import torch
 
 from egovlpv2_edge.training.losses import (
     egonce_loss,
+    margin_loss,
     mlm_loss_sum,
     mlm_mask,
     positive_mask,
-    time_reversal_loss,
+    reverse_pair_loss,
     vtm_loss,
     vtm_plan,
 )
@@ -90,15 +91,31 @@ def test_vtm_plan_prefers_hard_negatives() -> None:
     assert hits > 10  # softmax(0.9 / 0.05) puts almost all weight on video 2
 
 
-def test_time_reversal_loss_by_hand() -> None:
+def test_margin_loss_by_hand() -> None:
     t = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     fwd = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
     bwd = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
     # margins (1 - 0) / 0.5 = 2 and (0.8 - 1) / 0.5 = -0.4; -log sigmoid(x) = log(1 + e^-x)
     want = math.log(1 + math.exp(-2.0)) + math.log(1 + math.exp(0.4))
-    assert time_reversal_loss(t, fwd, bwd, 0.5).item() == pytest.approx(want, rel=1e-6)
+    assert margin_loss(t, fwd, bwd, 0.5).item() == pytest.approx(want, rel=1e-6)
     # a clip that looks the same backwards gives log 2 per item, whatever the text
-    assert time_reversal_loss(t, fwd, fwd, 0.5).item() == pytest.approx(2 * math.log(2), rel=1e-6)
+    assert margin_loss(t, fwd, fwd, 0.5).item() == pytest.approx(2 * math.log(2), rel=1e-6)
+
+
+def test_reverse_pair_loss_by_hand() -> None:
+    e = torch.eye(3)
+    clip, back, text, rev = e[[0]], e[[1]], e[[0]], (e[[0]] + e[[2]]) / math.sqrt(2)
+    s = 1 / math.sqrt(2)
+    # at tau 1: clip picks text over rev (1 - s), back picks rev over text (0 - 0), text picks clip over back (1 - 0),
+    # rev picks back over clip (0 - s)
+    want = sum(math.log(1 + math.exp(-x)) for x in (1 - s, 0.0, 1.0, -s)) / 4
+    assert reverse_pair_loss(clip, back, text, rev, 1.0).item() == pytest.approx(want, rel=1e-6)
+    # a clip that looks the same backwards, with a reverse narration equal to its own: log 2, nothing to learn
+    assert reverse_pair_loss(clip, clip, text, text, 0.05).item() == pytest.approx(math.log(2), rel=1e-6)
+    # two items sum
+    two = reverse_pair_loss(torch.cat([clip, clip]), torch.cat([back, back]), torch.cat([text, text]),
+                            torch.cat([rev, rev]), 1.0)  # fmt: skip
+    assert two.item() == pytest.approx(2 * want, rel=1e-6)
 
 
 def test_vtm_loss_by_hand() -> None:

@@ -40,7 +40,8 @@ def _metrics(run: Path) -> list[dict]:
 def test_two_process_torchrun_matches_one_process(synth, tmp_path) -> None:
     # the first step trains the dual encoders alone (DDP then sees unused fusion parameters), the others everything
     common = BASE + [f"data={synth}", "batch_size=8", "max_steps=3", "scene_negatives=true", "loss.fusion_start=0.34"]
-    common += ["loss.reverse_weight=1.0", "loss.shuffle_weight=1.0"]  # their averages span the processes too
+    # the extra terms' averages span the processes too
+    common += ["loss.reverse_weight=1.0", "loss.reverse_pair_weight=1.0", "loss.shuffle_weight=1.0"]
     one = tmp_path / "one"
     train(resolve(PretrainConfig, None, common + [f"out={one}"]))
     two = tmp_path / "two"
@@ -52,9 +53,9 @@ def test_two_process_torchrun_matches_one_process(synth, tmp_path) -> None:
     a, b = _metrics(one), _metrics(two)
     assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
     assert a[0]["mlm"] == a[0]["vtm"] == 0.0 and all(r["mlm"] > 0 and r["vtm"] > 0 for r in a[1:])
-    assert all(r["reverse"] > 0 and r["shuffle"] > 0 for r in a)
+    assert all(r["reverse"] > 0 and r["reverse_pair"] > 0 and r["shuffle"] > 0 for r in a)
     for ra, rb in zip(a, b, strict=True):
-        for key in ("loss", "egonce", "mlm", "vtm", "reverse", "shuffle"):
+        for key in ("loss", "egonce", "mlm", "vtm", "reverse", "reverse_pair", "shuffle"):
             assert abs(ra[key] - rb[key]) <= 1e-4 * abs(ra[key]), (key, ra[key], rb[key])
 
 
@@ -166,3 +167,30 @@ def test_resume_under_other_settings_is_a_clear_error_and_a_fresh_start_clears_o
         train(resolve(PretrainConfig, None, common + ["max_steps=4"]))
     train(resolve(PretrainConfig, None, common + ["max_steps=2", "resume=false"]))  # starts over in the same folder
     assert [r["step"] for r in _metrics(tmp_path / "run")] == [1, 2]
+
+
+def test_reverse_text_table_holds_each_clips_narration_with_the_reverse_verb(synth, tmp_path) -> None:
+    from egovlpv2_edge import create_model
+    from egovlpv2_edge.training.data.taxonomy import read_nouns, read_verbs, reverse_narrations
+    from egovlpv2_edge.training.pretrain import reverse_text_table
+    from egovlpv2_edge.training.text import load_or_train_tokenizer
+
+    verbs = {v["key"]: int(v["id"]) for v in read_verbs(synth / "verbs.csv")}
+    nouns = {n["name"]: int(n["id"]) for n in read_nouns(synth / "nouns.csv")}
+    narrations = reverse_narrations(synth)
+    assert narrations[(verbs["pick_up"], nouns["red cup"])] == "#C C puts down the red cup"
+    assert narrations[(verbs["close"], nouns["red cup"])] == "#C C opens the red cup"  # any noun, as the eval's
+    assert {v for v, _ in narrations} == {int(v["id"]) for v in read_verbs(synth / "verbs.csv") if v["reverse"]}
+    # the generator narrates in the same words: many clips' texts are some other clip's reverse narration
+    texts = {line.split("\t")[8] for line in (synth / "egoclip.csv").read_text().splitlines()[1:]}
+    assert len(texts & set(narrations.values())) >= 5
+
+    text_cfg = create_model("egovlpv2_test").cfg.text
+    tok = load_or_train_tokenizer(text_cfg, synth / "egoclip.csv", tmp_path / "tokenizer.json")
+    ids, mask = reverse_text_table(narrations, tok, len(verbs), len(nouns), text_cfg.max_length)
+    assert ids.shape == mask.shape == (len(verbs), len(nouns), text_cfg.max_length)
+    want = tok.encode(["#C C puts down the red cup"], max_length=text_cfg.max_length)
+    assert ids[verbs["pick_up"], nouns["red cup"]].tolist() == want.input_ids[0].tolist()
+    assert mask[verbs["pick_up"], nouns["red cup"]].tolist() == want.attention_mask[0].tolist()
+    no_reverse = [i for i in range(len(verbs)) if not any(v == i for v, _ in narrations)]
+    assert no_reverse and int(mask[no_reverse].sum()) == 0

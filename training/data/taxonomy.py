@@ -32,6 +32,7 @@ __all__ = [
     "noun_by_key",
     "read_nouns",
     "read_verbs",
+    "reverse_narrations",
     "reverse_verbs",
     "verb_by_key",
     "write_taxonomy",
@@ -355,3 +356,17 @@ def reverse_verbs(root: Path) -> dict[int, dict[str, str]]:
     verbs = read_verbs(root / "verbs.csv")
     by_key = {v["key"]: v for v in verbs}
     return {int(v["id"]): by_key[v["reverse"]] for v in verbs if v.get("reverse")}
+
+
+def reverse_narrations(root: Path) -> dict[tuple[int, int], str]:
+    """``(verb id, noun id)`` -> the narration of that noun under the verb's reverse (``"#C C puts down the red cup"``
+    for pick up and the red cup), for every verb with a reverse and every noun of ``nouns.csv``; empty when either
+    file is missing. The verbs' usual templates, as the generator narrates them."""
+    if not (root / "nouns.csv").is_file():
+        return {}
+    nouns = read_nouns(root / "nouns.csv")
+    return {
+        (verb, int(n["id"])): "#C C " + rev["text"].format(n=n["name"])
+        for verb, rev in reverse_verbs(root).items()
+        for n in nouns
+    }
