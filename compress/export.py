@@ -144,6 +144,7 @@ class VideoLowerGraph(nn.Module):
         dual = video.embed(frames, video.cls_token)  # (B, T, Dv)
         fusion = video.embed(frames, self.model.fusion_cls_token)  # (B, T, Dv)
         x = video.run_blocks(torch.cat([dual, fusion]), 0, video.first_fused)  # (2B, T, Dv)
+        x = video.add_motion(x, frames)
         return x[:B], x[B:]
 
 

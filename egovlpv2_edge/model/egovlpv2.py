@@ -101,7 +101,8 @@ class EgoVLPv2(nn.Module):
         if stream == "fusion" and self.fusion_cls_token is not None:
             cls = self.fusion_cls_token
         x = self.video.embed(frames, cls)
-        return self.video.run_blocks(x, 0, self.video.first_fused, self.grad_checkpointing)
+        x = self.video.run_blocks(x, 0, self.video.first_fused, self.grad_checkpointing)
+        return self.video.add_motion(x, frames)
 
     def video_upper_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Run the top M video blocks unfused: ``(B, T, Dv)`` to ``(B, T, Dv)``."""

@@ -154,8 +154,10 @@ class MotionBranch(nn.Module):
 
     A transformer over 16-px patches learns the direction of a motion (a pick up from a put down) slowly from
     scratch; three small convolutions over consecutive frames read it within a few dozen steps. The output is
-    added to the CLS token, so it reaches both the dual embedding and the fused stream through the residual path.
-    The projection starts at zero: the branch changes nothing until it trains.
+    added to the CLS token where the tokens enter the top M (fused) blocks (:meth:`VideoEncoder.add_motion`), so
+    it reaches both the dual embedding and the fused stream; added at the input, under every block, it was
+    learned much more slowly (``benchmarks/probe_learnability.py direction``). The projection starts at zero: the
+    branch changes nothing until it trains.
     """
 
     MIN_FRAMES = 4  # each convolution spans two frames and shortens the clip by one
@@ -189,8 +191,8 @@ class MotionBranch(nn.Module):
 
 
 class VideoEncoder(nn.Module):
-    """Patch, position and temporal embeddings (and the optional motion branch), space-time blocks and the
-    dual-mode final norm.
+    """Patch, position and temporal embeddings, space-time blocks, the optional motion branch and the dual-mode
+    final norm.
 
     Args:
         cfg: Video architecture.
@@ -230,7 +232,6 @@ class VideoEncoder(nn.Module):
             )
         if H != self.cfg.img_size or W != self.cfg.img_size:
             raise ValueError(f"frames are {H}x{W} but the model expects {self.cfg.img_size}x{self.cfg.img_size}")
-        motion = self.motion(frames) if self.motion is not None else None  # (B, 1, D)
         if self.cfg.motion_stem:
             prev = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)  # the first frame is its own predecessor
             frames, C = torch.cat([frames, frames - prev], dim=2), 2 * C  # (B, F, 6, H, W)
@@ -239,9 +240,15 @@ class VideoEncoder(nn.Module):
         x = x.flatten(2).transpose(1, 2).reshape(B, F_ * N, D)  # (B, F*N, D)
         pos = self.pos_embed[:, 1:].repeat(1, F_, 1) + self.temporal_embed.repeat_interleave(N, dim=1)
         cls = cls_token.expand(B, -1, -1) + self.pos_embed[:, :1]  # (B, 1, D)
-        if motion is not None:
-            cls = cls + motion
         return torch.cat([cls, x + pos], dim=1)  # (B, 1 + F*N, D)
+
+    def add_motion(self, tokens: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """Add the motion branch's output for ``frames`` ``(B, F, 3, H, W)`` to the CLS token of ``tokens``
+        ``(k*B, T, D)`` (k streams of the same clips, e.g. dual and fusion); unchanged without a branch."""
+        if self.motion is None:
+            return tokens
+        motion = self.motion(frames).repeat(tokens.shape[0] // frames.shape[0], 1, 1)  # (k*B, 1, D)
+        return torch.cat([tokens[:, :1] + motion, tokens[:, 1:]], dim=1)
 
     def run_blocks(self, x: torch.Tensor, start: int, end: int, checkpoint: bool = False) -> torch.Tensor:
         """Run blocks ``start..end-1`` unfused (their cross-attention branches are not executed)."""

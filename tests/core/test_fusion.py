@@ -201,7 +201,7 @@ def test_motion_stem_sees_frame_differences() -> None:
     assert torch.equal(xp[:, 1 + N :], yp[:, 1 + N :])
 
 
-def test_motion_branch_adds_to_the_cls_token_only() -> None:
+def test_motion_branch_adds_to_the_cls_token_entering_the_fused_blocks_only() -> None:
     torch.manual_seed(0)
     model = create_model("egovlpv2_test", video={"motion_branch": 4})
     frames, _, _ = random_inputs(model)
@@ -213,13 +213,20 @@ def test_motion_branch_adds_to_the_cls_token_only() -> None:
     ]
     with torch.no_grad():
         # the projection starts at zero: the same weights without the branch give the same tokens
-        x0 = video.embed(frames, video.cls_token)
-        assert torch.equal(x0, plain.video.embed(frames, plain.video.cls_token))
+        x0 = model.video_lower(frames)
+        assert torch.equal(x0, plain.video_lower(frames))
         torch.nn.init.normal_(branch.proj.weight)
-        x = video.embed(frames, video.cls_token)
+        # the input tokens do not see it: it joins where the tokens enter the top (fused) blocks
+        assert torch.equal(video.embed(frames, video.cls_token), plain.video.embed(frames, plain.video.cls_token))
+        x = model.video_lower(frames)
         assert torch.equal(x[:, 1:], x0[:, 1:])
         assert torch.allclose(x[:, :1], x0[:, :1] + branch(frames), atol=1e-6)
         assert not torch.allclose(x[:, :1], x0[:, :1], atol=1e-3)
+        fused = model.video_lower(frames, "fusion")  # the fused stream gets it too
+        assert torch.allclose(fused[:, :1], plain.video_lower(frames, "fusion")[:, :1] + branch(frames), atol=1e-6)
+        # two streams of the same clips in one batch (the exported graph's layout) each get their clip's output
+        both = video.add_motion(torch.cat([x0, x0]), frames)
+        assert torch.allclose(both[len(frames) :], x, atol=1e-6) and torch.allclose(both[: len(frames)], x, atol=1e-6)
         # every convolution spans two frames (a 2-frame clip repeats its last one), so their order matters
         assert [branch.convs[i].kernel_size[0] for i in (0, 3, 6)] == [2, 2, 2] and frames.shape[1] == 2
         assert not torch.allclose(branch(frames), branch(frames.flip(1)), atol=1e-4)
