@@ -24,7 +24,7 @@ from egovlpv2_edge.model import EgoVLPv2
 from egovlpv2_edge.tokenizer import Tokenizer
 from egovlpv2_edge.training.data.dataset import EgoClipDataset, EgoMCQDataset
 from egovlpv2_edge.training.data.egoclip import has_reverse_choice
-from egovlpv2_edge.training.data.taxonomy import read_nouns, read_verbs, reverse_verbs
+from egovlpv2_edge.training.data.taxonomy import read_nouns, read_verbs, reverse_narrations, reverse_verbs
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +216,7 @@ def evaluate_order_pairs(
     root = Path(data)
     verbs, nouns = read_verbs(root / "verbs.csv"), read_nouns(root / "nouns.csv")
     reverse = reverse_verbs(root)
+    reverse_text = reverse_narrations(root)  # (verb, noun) -> the narration with the reverse verb
     v = model.cfg.video
     ds = EgoClipDataset(root / "egoclip.csv", root / "videos", v.num_frames, v.img_size, split=split, mode="eval")
     keep = [i for i, r in enumerate(ds.records) if len(r.tag_verb) == 1 and r.tag_verb[0] in reverse]
@@ -227,9 +228,9 @@ def evaluate_order_pairs(
     for batch in loader:
         right, wrong = [], []
         for item in batch:
-            verb, noun = int(item["verb"].argmax()), nouns[int(item["noun"].argmax())]["name"]
-            right.append("#C C " + verbs[verb]["text"].format(n=noun))
-            wrong.append("#C C " + reverse[verb]["text"].format(n=noun))
+            verb, noun = int(item["verb"].argmax()), int(item["noun"].argmax())
+            right.append("#C C " + verbs[verb]["text"].format(n=nouns[noun]["name"]))
+            wrong.append(reverse_text[(verb, noun)])
         tok = tokenizer.encode(right + wrong, max_length=model.cfg.text.max_length)
         t = model.encode_text(torch.from_numpy(tok.input_ids), torch.from_numpy(tok.attention_mask), normalize=True)
         t_right, t_wrong = t[: len(batch)], t[len(batch) :]
