@@ -1,7 +1,7 @@
 """Can a part of the model learn what pre-training asks of it, given direct supervision and a few hundred steps?
 
     python benchmarks/probe_learnability.py direction --data DATA [--checkpoint CKPT | --preset egovlpv2_small]
-        [--steps 300] [--lr 2e-4] [--batch 32] [--cnn | --motion-branch C]
+        [--steps 300] [--lr 2e-4] [--batch 32] [--cnn | --motion-branch C | --branch-head]
     python benchmarks/probe_learnability.py vtm --data DATA --checkpoint CKPT [--steps 200] [--lr 1e-4]
         [--cross-lr-mult 4] [--video-lr-mult 5] [--standardize] [--negatives random|hard]
 
@@ -11,9 +11,11 @@ training clips whose verb has one and on the same clips played backwards (a pick
 down); each batch holds both. ``--cnn`` trains a three-layer 3D CNN (``MotionBranch`` at 32 channels, with a
 linear head of its own) on the same clips instead, as a reference for how learnable the signal is;
 ``--motion-branch C`` gives the fresh model ``video.motion_branch=C`` (three such
-convolutions onto its CLS token). ``vtm``: the checkpoint's fused layers and VTM head trained on VTM
-alone (half matched pairs, half negatives: random clips of another action, or, with ``--negatives hard``, sampled
-from the dual similarity as pre-training does), with the text backbone locked as in the CPU recipe;
+convolutions, added to its embedding); ``--branch-head`` reads (and trains) the motion branch's own direction head
+instead of a new head on the embedding, so ``--checkpoint CKPT --steps 0`` scores what pre-training's direction
+term (``loss.direction_weight``) taught it on held-out clips. ``vtm``: the checkpoint's fused layers and VTM head
+trained on VTM alone (half matched pairs, half negatives: random clips of another action, or, with ``--negatives
+hard``, sampled from the dual similarity as pre-training does), with the text backbone locked as in the CPU recipe;
 ``--video-lr-mult 0`` locks the video backbone too and ``--standardize`` starts the VTM poolers from the training
 pairs' statistics. Both print held-out accuracy (chance 50%) as they go and a table at the end. Clips are decoded
 once, with the eval transform.
@@ -84,12 +86,22 @@ def _model(args: argparse.Namespace) -> tuple[EgoVLPv2, Tokenizer | None]:
 
 def _direction(args: argparse.Namespace) -> list[tuple[int, float, float, float]]:
     if args.cnn:  # the motion branch's convolutions at 32 channels, with a linear head of their own
-        cnn = MotionBranch(32, 1)
+        cnn = MotionBranch(32)
         frames, size = args.frames, args.size
         net: nn.Module = cnn
 
         def score(x: torch.Tensor) -> torch.Tensor:
-            return cnn(x).flatten()
+            return cnn.direction_logits(x)
+    elif args.branch_head:  # the motion branch's own direction head (what loss.direction_weight trains)
+        model = _model(args)[0].train()
+        if model.video.motion is None:
+            raise SystemExit("probe: --branch-head needs a model with video.motion_branch")
+        frames, size = model.cfg.video.num_frames, model.cfg.video.img_size
+        branch = model.video.motion
+        net = branch
+
+        def score(x: torch.Tensor) -> torch.Tensor:
+            return branch.direction_logits(x)
     else:
         model = _model(args)[0].train()
         frames, size = model.cfg.video.num_frames, model.cfg.video.img_size
@@ -232,6 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--negatives", choices=("random", "hard"), default="random", help="vtm: negative pairs")
     p.add_argument("--cnn", action="store_true", help="direction: a 3D CNN instead of the model's video encoder")
     p.add_argument(
+        "--branch-head",
+        action="store_true",
+        help="direction: read the motion branch's own direction head (--steps 0 scores a checkpoint as trained)",
+    )
+    p.add_argument(
         "--motion-branch",
         type=int,
         default=None,
@@ -246,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     rows = (_direction if args.probe == "direction" else _vtm)(args)
     what = "the 3D CNN" if args.cnn else str(args.checkpoint or f"a fresh {args.preset}")
+    what += ", the motion branch's direction head" if args.branch_head else ""
     cols = ("train", "held-out") if args.probe == "direction" else ("held-out random", "held-out hard")
     print(f"\n{args.probe} probe, {what}, {args.steps} steps, {time.perf_counter() - t0:.0f} s (chance 0.5)")
     print(f"| step | loss | {cols[0]} | {cols[1]} |\n|---|---|---|---|")

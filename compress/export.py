@@ -122,10 +122,12 @@ class ExportedGraph:
 
 # ----- graph wrappers ----------------------------------------------------------------------------------------------
 class VideoLowerGraph(nn.Module):
-    """``frames -> video_tokens[, fusion_video_tokens]``: the tokens entering the first fused video block.
+    """``frames -> video_tokens[, fusion_video_tokens][, video_motion]``: the tokens entering the first fused video
+    block.
 
     The fusion-stream tokens are returned only when ``fusion.separate_cls`` is true: the fused stream then starts
-    from its own CLS token, so its lower tokens differ from the dual stream's.
+    from its own CLS token, so its lower tokens differ from the dual stream's. ``video_motion`` (the motion
+    branch's share of the dual embedding, ``EgoVLPv2.video_motion``) only when the model has the branch.
     """
 
     def __init__(self, model: EgoVLPv2) -> None:
@@ -134,9 +136,11 @@ class VideoLowerGraph(nn.Module):
         self.separate_cls = model.cfg.fusion.separate_cls
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Frames ``(B, F, 3, H, W)`` to one or two ``(B, 1 + F*N, Dv)`` token tensors."""
+        """Frames ``(B, F, 3, H, W)`` to one or two ``(B, 1 + F*N, Dv)`` token tensors[, and ``(B, E)``]."""
+        motion = self.model.video_motion(frames)
+        extra = () if motion is None else (motion,)
         if not self.separate_cls:
-            return (self.model.video_lower(frames, "dual"),)
+            return (self.model.video_lower(frames, "dual"), *extra)
         # the same as video_lower(frames, "dual") and (frames, "fusion"), with both streams in one batch so the
         # lower blocks appear once in the graph
         B = frames.shape[0]
@@ -144,20 +148,20 @@ class VideoLowerGraph(nn.Module):
         dual = video.embed(frames, video.cls_token)  # (B, T, Dv)
         fusion = video.embed(frames, self.model.fusion_cls_token)  # (B, T, Dv)
         x = video.run_blocks(torch.cat([dual, fusion]), 0, video.first_fused)  # (2B, T, Dv)
-        x = video.add_motion(x, frames)
-        return x[:B], x[B:]
+        return x[:B], x[B:], *extra
 
 
 class VideoUpperGraph(nn.Module):
-    """``video_tokens -> video_embedding``: unfused top blocks and projection, L2-normalised (gates off)."""
+    """``video_tokens[, video_motion] -> video_embedding``: unfused top blocks and projection (plus the motion
+    branch's share when the model has one), L2-normalised (gates off)."""
 
     def __init__(self, model: EgoVLPv2) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, video_tokens: torch.Tensor) -> tuple[torch.Tensor]:
-        """Tokens ``(B, T, Dv)`` to the unit-norm embedding ``(B, E)``."""
-        return (self.model.video_upper(video_tokens, normalize=True),)
+    def forward(self, video_tokens: torch.Tensor, video_motion: torch.Tensor | None = None) -> tuple[torch.Tensor]:
+        """Tokens ``(B, T, Dv)`` [and the branch's ``(B, E)``] to the unit-norm embedding ``(B, E)``."""
+        return (self.model.video_upper(video_tokens, normalize=True, motion=video_motion),)
 
 
 class TextLowerGraph(nn.Module):
@@ -298,6 +302,7 @@ def sample_inputs(model: EgoVLPv2, spec: GraphSpec, batch: int, seed: int = 0) -
             "attention_mask": lambda: mask,
             "video_tokens": lambda: model.video_lower(frames, "dual"),
             "fusion_video_tokens": lambda: model.video_lower(frames, "fusion"),
+            "video_motion": lambda: model.video_motion(frames),
             "text_tokens": lambda: model.text_lower(ids, mask),
         }
         unknown = [name for name in spec.input_names if name not in makers]

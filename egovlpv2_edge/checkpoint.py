@@ -64,7 +64,8 @@ class LoadReport:
 
 
 IGNORE = "<ignore>"
-MOTION_BRANCH = r"^video\.motion\."  # video.motion_branch: in no released checkpoint, and a no-op until it trains
+# video.motion_branch and its projection: in no released checkpoint, and a no-op until they train
+MOTION_BRANCH = r"^(video\.motion|motion_proj)\."
 
 # (pattern, replacement) pairs applied to a key with the prefix already removed; first match wins.
 _VIDEO_RULES: list[tuple[str, str]] = [

@@ -129,6 +129,11 @@ def graph_specs(cfg: ModelConfig, qa_answers: int | None = None) -> dict[str, Gr
     lower_out = [video_tokens]
     if cfg.fusion.separate_cls:  # the fused stream starts from its own CLS: its lower tokens differ
         lower_out.append(TensorSpec("fusion_video_tokens", "float32", ("batch", T, v.width)))
+    upper_in = [video_tokens]
+    if v.motion_branch:  # the motion branch's share of the dual embedding travels from the lower graph to the upper
+        motion = TensorSpec("video_motion", "float32", ("batch", h.embed_dim))
+        lower_out.append(motion)
+        upper_in.append(motion)
     fused_name = "fusion_video_tokens" if cfg.fusion.separate_cls else "video_tokens"
     fused_video = TensorSpec(fused_name, "float32", video_tokens.shape)
     fused_out = [
@@ -140,7 +145,7 @@ def graph_specs(cfg: ModelConfig, qa_answers: int | None = None) -> dict[str, Gr
         fused_out.append(TensorSpec(QA_OUTPUT, "float32", ("batch", int(qa_answers))))
     specs = [
         GraphSpec("video_lower", (frames,), tuple(lower_out)),
-        GraphSpec("video_upper", (video_tokens,), (TensorSpec("video_embedding", "float32", ("batch", h.embed_dim)),)),
+        GraphSpec("video_upper", tuple(upper_in), (TensorSpec("video_embedding", "float32", ("batch", h.embed_dim)),)),
         GraphSpec("text_lower", (input_ids, mask), (text_tokens,)),
         GraphSpec(
             "text_upper", (text_tokens, mask), (TensorSpec("text_embedding", "float32", ("batch", h.embed_dim)),)

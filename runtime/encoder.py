@@ -116,7 +116,7 @@ class PackageEncoder:
     def encode_clips(self, frames: np.ndarray) -> ClipEncoding:
         """Preprocessed frames ``(B, F, 3, H, W)`` float32 to embeddings and cached tokens."""
         lower = self._run("video_lower", {"frames": np.ascontiguousarray(frames, dtype=np.float32)})
-        emb = self._run("video_upper", {"video_tokens": lower["video_tokens"]})["video_embedding"]
+        emb = self._run("video_upper", lower)["video_embedding"]  # video_tokens (and the branch's video_motion)
         tokens = lower.get("fusion_video_tokens", lower["video_tokens"])
         return ClipEncoding(emb, tokens)
 

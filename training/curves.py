@@ -13,7 +13,8 @@ def plot_curves(
 ) -> None:
     """Write ``path``: a panel per ``(keys, title)`` plotting those keys against ``step``, then ``lr``.
 
-    Keys missing from a row plot as gaps. Nothing is written for an empty history.
+    Keys missing from a row plot as gaps; a key that is 0 or missing in every row (a term that is off) is left
+    out. Nothing is written for an empty history.
     """
     if not history:
         return
@@ -26,10 +27,14 @@ def plot_curves(
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5.5 * (len(panels) + 1), 4))
     for ax, (keys, title) in zip(axes, panels, strict=False):
         for key in keys:
-            ax.plot(steps, [r.get(key, np.nan) for r in history], label=key)
+            values = [r.get(key, np.nan) for r in history]
+            if all(v == 0 or np.isnan(v) for v in values):
+                continue
+            ax.plot(steps, values, label=key)
         ax.set_xlabel("step")
         ax.set_title(title)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
     axes[-1].plot(steps, [r["lr"] for r in history])
     axes[-1].set_xlabel("step")
     axes[-1].set_title(lr_title)

@@ -184,6 +184,20 @@ def reverse_pair_loss(
     return (video_side + text_side) / 4
 
 
+def direction_loss(forward: torch.Tensor, backward: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    """Summed direction term: which verb of its reverse pair each clip shows, read on the clip and on the same clip
+    played backwards (which shows the other verb); the mean of the two binary cross-entropies per clip.
+
+    Args:
+        forward: Logits ``(k,)`` that each clip shows the first verb of its pair.
+        backward: The same logits for the clips played backwards ``(k,)``.
+        first: 1 where the clip's verb is the first of its pair (pick up of pick up / put down), else 0 ``(k,)``.
+    """
+    y = first.to(forward.dtype)
+    bce = F.binary_cross_entropy_with_logits
+    return (bce(forward, y, reduction="sum") + bce(backward, 1 - y, reduction="sum")) / 2
+
+
 def vtm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of VTM logits ``(N, 2)`` against 0/1 labels (class 1 = match)."""
     return F.cross_entropy(logits, labels)

@@ -18,6 +18,7 @@ from egovlpv2_edge.model import EgoVLPv2
 from egovlpv2_edge.tokenizer import Tokenizer
 from egovlpv2_edge.training.distributed import all_reduce_sum, gather_no_grad, gather_with_local_grad
 from egovlpv2_edge.training.losses import (
+    direction_loss,
     egonce_loss,
     margin_loss,
     mlm_loss_sum,
@@ -51,6 +52,12 @@ class LossConfig:
     # each way (a 2 x 2 contrast per clip). Unlike the time-reversal term, it never asks a clip to move away from the
     # text of what it shows. 0 (the paper) skips the extra video pass
     reverse_pair_weight: float = 0.0
+    # weight of the direction term: the motion branch's direction head (video.motion_branch must be on) tells which
+    # verb of its reverse pair each clip whose verb has one shows, on the clip and on it played backwards (a pick up
+    # played backwards shows a put down). It reads the branch's own features, which EgoNCE barely reaches while the
+    # branch's projection is small, so it trains the branch where the time-reversal and reverse-pair terms do not.
+    # 0 (the paper) skips it
+    direction_weight: float = 0.0
     # start the VTM head's poolers from the first fused step's statistics (FusionHeads.standardize_poolers), so the
     # small pair-to-pair variation of the fused text and video CLS reaches their tanh; False (the paper) keeps the
     # usual init
@@ -107,12 +114,16 @@ class PretrainTask(nn.Module):
         fusion_from: int = 0,
         directional: list[int] | None = None,
         reverse_text: tuple[torch.Tensor, torch.Tensor] | None = None,
+        first_of_pair: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.directional = list(directional or [])  # verb ids whose clip played backwards shows another verb
         # token ids and masks (Cv, Cn, L) of each (verb, noun)'s narration with the reverse verb (reverse_text_table)
         self.reverse_text = reverse_text
+        self.first_of_pair = frozenset(first_of_pair or [])  # directional verbs listed before their reverse
+        if loss.direction_weight > 0 and model.video.motion is None:
+            raise ValueError("loss.direction_weight > 0 trains the motion branch; set model.video.motion_branch=16")
         self.fusion_from = fusion_from  # first step with the fused losses (MLM, VTM)
         self.special_ids = frozenset(special_ids)
         self.mask_id = mask_id
@@ -189,19 +200,26 @@ class PretrainTask(nn.Module):
             local = mine.to(video.device)
             rev, rev_pair = self._reverse_terms(video, verb, noun, t[local], v[local])
 
+        direction = direction_acc = torch.zeros((), device=video.device)
+        if cfg.direction_weight > 0 and self.directional:  # 6) which verb of its pair each directional clip shows
+            direction, direction_acc = self._direction_term(video, verb)
+
         shuf = torch.zeros((), device=video.device)
-        if cfg.shuffle_weight > 0 and video.shape[1] > 1:  # 6) the clip must beat itself with its frames shuffled
+        if cfg.shuffle_weight > 0 and video.shape[1] > 1:  # 7) the clip must beat itself with its frames shuffled
             perm = shuffled_order(video.shape[1], gen).to(video.device)
             shuffled = m.encode_video(video[:, perm], normalize=True)  # (b, E)
             local = mine.to(video.device)
             shuf = margin_loss(t[local], v[local], shuffled, m.temperature) / N
 
-        extra = {"mlm": mlm, "vtm": vtm, "reverse": rev, "reverse_pair": rev_pair, "shuffle": shuf}
+        extra = {"mlm": mlm, "vtm": vtm, "reverse": rev, "reverse_pair": rev_pair, "shuffle": shuf,
+                 "direction": direction}  # fmt: skip
         weights = {"mlm": cfg.mlm_weight, "vtm": cfg.vtm_weight, "reverse": cfg.reverse_weight,
-                   "reverse_pair": cfg.reverse_pair_weight, "shuffle": cfg.shuffle_weight}  # fmt: skip
+                   "reverse_pair": cfg.reverse_pair_weight, "shuffle": cfg.shuffle_weight,
+                   "direction": cfg.direction_weight}  # fmt: skip
         loss = nce + sum(weights[k] * x for k, x in extra.items())
         logs = {"egonce": nce.detach()} | {k: all_reduce_sum(x) for k, x in extra.items()}
         logs["loss"] = logs["egonce"] + sum(weights[k] * logs[k] for k in extra)
+        logs["direction_acc"] = direction_acc  # already global
         return loss * world, logs
 
     @torch.no_grad()
@@ -253,6 +271,28 @@ class PretrainTask(nn.Module):
             r = m.encode_text(ids, mask, normalize=True)  # (k, E)
             pair = reverse_pair_loss(v, b, t, r, tau) / count
         return rev, pair
+
+    def _direction_term(self, video: torch.Tensor, verb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The direction term over the global batch's clips whose verb has a reverse (this process's share of the
+        mean :func:`~egovlpv2_edge.training.losses.direction_loss`) and the share of those readings it gets right.
+
+        A clip with several directional verbs is labelled by its first. A process without such clips still runs
+        the branch on an empty batch, so its head takes part in the gradient exchange.
+        """
+        m = self.model
+        directional = torch.tensor(self.directional, device=verb.device)
+        picked = verb[:, directional] > 0  # (b, D)
+        keep = picked.any(dim=1)
+        count = all_reduce_sum(keep.sum().to(torch.float32)).clamp(min=1.0)
+        first_mask = torch.tensor([v in self.first_of_pair for v in self.directional], device=verb.device)
+        first = first_mask[picked[keep].to(torch.float32).argmax(dim=1)]  # (k,)
+        x = video[keep]
+        logits = m.video.motion.direction_logits(torch.cat([x, x.flip(1)]))  # (2k,)
+        k = x.shape[0]
+        loss = direction_loss(logits[:k], logits[k:], first) / count
+        right = ((logits[:k] > 0) == first).sum() + ((logits[k:] > 0) != first).sum()
+        acc = all_reduce_sum(right.detach().to(torch.float32)) / (2 * count)
+        return loss, acc
 
 
 def reverse_text_table(

@@ -25,7 +25,7 @@ from egovlpv2_edge.checkpoint import load_checkpoint, load_minilm, save_checkpoi
 from egovlpv2_edge.runconfig import save_resolved
 from egovlpv2_edge.training.curves import plot_curves
 from egovlpv2_edge.training.data.dataset import EgoClipDataset, collate
-from egovlpv2_edge.training.data.taxonomy import reverse_narrations
+from egovlpv2_edge.training.data.taxonomy import reverse_narrations, reverse_verbs
 from egovlpv2_edge.training.distributed import DistInfo, barrier, init_distributed
 from egovlpv2_edge.training.optim import build_optimizer, cosine_schedule
 from egovlpv2_edge.training.pretrain import LossConfig, PretrainTask, reverse_text_table
@@ -254,8 +254,17 @@ def train(cfg: PretrainConfig) -> Path:
         narrations = reverse_narrations(root)
         m = model.cfg.text.max_length
         reverse_text = reverse_text_table(narrations, tokenizer, data.n_verbs, data.n_nouns, m)
+    first_of_pair = [v for v, rev in reverse_verbs(root).items() if v < int(rev["id"])]
     task = PretrainTask(
-        model, tokenizer.special_ids, tokenizer.mask_id, cfg.loss, cfg.seed, fusion_from, data.directional, reverse_text
+        model,
+        tokenizer.special_ids,
+        tokenizer.mask_id,
+        cfg.loss,
+        cfg.seed,
+        fusion_from,
+        data.directional,
+        reverse_text,
+        first_of_pair,
     )
     opt = build_optimizer(model, cfg.optim)  # before DDP, which registers the parameters that train
     ddp = task
@@ -391,6 +400,12 @@ def _plot(history: list[dict[str, float]], path: Path) -> None:
     plot_curves(
         history,
         path,
-        [(("loss", "egonce", "mlm", "vtm", "reverse", "reverse_pair", "shuffle"), "pre-training losses")],
+        [
+            (("loss", "egonce", "mlm", "vtm"), "pre-training losses"),
+            (
+                ("reverse", "reverse_pair", "shuffle", "direction", "direction_acc"),
+                "extra terms (log 2 = 0.69: chance)",
+            ),
+        ],
         "learning rate",
     )

@@ -69,10 +69,16 @@ class EgoVLPv2(nn.Module):
         self.fusion_norm = nn.LayerNorm(cfg.video.width, eps=cfg.fusion.norm_eps)
         self.txt_proj = build_projection(cfg.heads, cfg.text.width, "text")
         self.vid_proj = build_projection(cfg.heads, cfg.video.width, "video")
+        motion = self.video.motion
+        # the motion branch's pooled features join the dual video embedding through this projection (from zero)
+        self.motion_proj = nn.Linear(motion.out_features, cfg.heads.embed_dim) if motion is not None else None
         self.heads = FusionHeads(cfg.heads, cfg.video.width, cfg.text.width, cfg.text.vocab_size)
         self.grad_checkpointing = False
         self.apply(init_weights)
         self.video.init_weights()
+        if self.motion_proj is not None:  # the branch changes nothing until it trains
+            nn.init.zeros_(self.motion_proj.weight)
+            nn.init.zeros_(self.motion_proj.bias)
         with torch.no_grad():
             for gate in self.gates():
                 gate.fill_(cfg.fusion.gate_init)
@@ -101,21 +107,46 @@ class EgoVLPv2(nn.Module):
         if stream == "fusion" and self.fusion_cls_token is not None:
             cls = self.fusion_cls_token
         x = self.video.embed(frames, cls)
-        x = self.video.run_blocks(x, 0, self.video.first_fused, self.grad_checkpointing)
-        return self.video.add_motion(x, frames)
+        return self.video.run_blocks(x, 0, self.video.first_fused, self.grad_checkpointing)
+
+    def video_motion(self, frames: torch.Tensor) -> torch.Tensor | None:
+        """The motion branch's share of the dual video embedding ``(B, E)`` for frames ``(B, F, 3, H, W)`` (what
+        :meth:`video_upper` adds), or None for a model without the branch (``video.motion_branch=0``)."""
+        if self.motion_proj is None:
+            return None
+        return self.motion_proj(self.video.motion(frames))
 
     def video_upper_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Run the top M video blocks unfused: ``(B, T, Dv)`` to ``(B, T, Dv)``."""
         return self.video.run_blocks(tokens, self.video.first_fused, self.cfg.video.depth, self.grad_checkpointing)
 
-    def video_upper(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Tokens entering the fused blocks to the dual video embedding ``(B, E)``."""
+    def video_upper(
+        self, tokens: torch.Tensor, normalize: bool = False, motion: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Tokens entering the fused blocks to the dual video embedding ``(B, E)``.
+
+        Args:
+            tokens: Output of :meth:`video_lower`.
+            normalize: L2-normalise the embedding.
+            motion: :meth:`video_motion` of the same frames; required when the model has a motion branch.
+
+        Raises:
+            ValueError: The model has a motion branch and ``motion`` is None (or the other way round).
+        """
+        if (motion is None) != (self.motion_proj is None):
+            raise ValueError(
+                "this model has a motion branch: pass motion=model.video_motion(frames)"
+                if motion is None
+                else "motion given to a model without a motion branch (video.motion_branch=0)"
+            )
         emb = self.vid_proj(self.video.features(self.video_upper_tokens(tokens)))
+        if motion is not None:
+            emb = emb + motion
         return F.normalize(emb, dim=-1) if normalize else emb
 
     def encode_video(self, frames: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Dual-mode video embedding ``(B, E)`` of frames ``(B, F, 3, H, W)``; no cross-attention runs."""
-        return self.video_upper(self.video_lower(frames, "dual"), normalize)
+        return self.video_upper(self.video_lower(frames, "dual"), normalize, self.video_motion(frames))
 
     # ----- text ----------------------------------------------------------------------------------------------
     def text_lower(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -50,10 +50,10 @@ def count_macs(model: EgoVLPv2) -> dict[str, float]:
     ids = torch.full((1, t.max_length), 5, dtype=torch.long)
     mask = torch.ones_like(ids)
     with torch.no_grad():
-        vt, tt = model.video_lower(frames), model.text_lower(ids, mask)
+        vt, tt, vm = model.video_lower(frames), model.text_lower(ids, mask), model.video_motion(frames)
     return {
-        "video_lower": _gmacs(lambda: model.video_lower(frames)),
-        "video_upper": _gmacs(lambda: model.video_upper(vt)),
+        "video_lower": _gmacs(lambda: (model.video_lower(frames), model.video_motion(frames))),  # as its graph
+        "video_upper": _gmacs(lambda: model.video_upper(vt, motion=vm)),
         "text": _gmacs(lambda: model.encode_text(ids, mask)),
         "fused_upper": _gmacs(lambda: model.fusion_heads(*model.fuse_upper(vt, tt, mask))),
         "dual_clip": _gmacs(lambda: model.encode_video(frames)),

@@ -150,19 +150,21 @@ class SpaceTimeBlock(nn.Module):
 
 
 class MotionBranch(nn.Module):
-    """Three 3D convolutions over consecutive frames, pooled over the clip and projected to the token width.
+    """Three 3D convolutions over consecutive frames, pooled over the clip: ``(B, F, 3, H, W)`` to ``(B, 2c)``.
 
     A transformer over 16-px patches learns the direction of a motion (a pick up from a put down) slowly from
-    scratch; three small convolutions over consecutive frames read it within a few dozen steps. The output is
-    added to the CLS token where the tokens enter the top M (fused) blocks (:meth:`VideoEncoder.add_motion`), so
-    it reaches both the dual embedding and the fused stream; added at the input, under every block, it was
-    learned much more slowly (``benchmarks/probe_learnability.py direction``). The projection starts at zero: the
-    branch changes nothing until it trains.
+    scratch; three small convolutions over consecutive frames read it within a few dozen steps
+    (``benchmarks/probe_learnability.py direction``). The model adds the pooled features, through its zero-started
+    ``motion_proj``, to the dual video embedding (:meth:`EgoVLPv2.video_motion`): joined there, pre-training's
+    time-reversal term reads them; added to the CLS token under the top blocks, it barely did.
+
+    ``direction`` is a linear head on the pooled features that only pre-training's direction term
+    (``loss.direction_weight``) reads: which verb of its reverse pair a clip shows. Inference never runs it.
     """
 
     MIN_FRAMES = 4  # each convolution spans two frames and shortens the clip by one
 
-    def __init__(self, channels: int, width: int) -> None:
+    def __init__(self, channels: int) -> None:
         super().__init__()
         c = channels
         self.convs = nn.Sequential(
@@ -170,10 +172,11 @@ class MotionBranch(nn.Module):
             nn.Conv3d(c, 2 * c, (2, 3, 3), padding=(0, 1, 1)), nn.ReLU(), nn.MaxPool3d((1, 2, 2)),
             nn.Conv3d(2 * c, 2 * c, (2, 3, 3), padding=(0, 1, 1)), nn.ReLU(),
         )  # fmt: skip
-        self.proj = nn.Linear(2 * c, width)
+        self.out_features = 2 * c
+        self.direction = nn.Linear(2 * c, 1)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """Normalised frames ``(B, F, 3, H, W)`` to ``(B, 1, width)``.
+        """Normalised frames ``(B, F, 3, H, W)`` to the pooled convolution features ``(B, 2c)``.
 
         The weights do not depend on F (a checkpoint moves between frame counts); a clip of fewer than 4 frames
         repeats its last one.
@@ -181,13 +184,11 @@ class MotionBranch(nn.Module):
         short = self.MIN_FRAMES - frames.shape[1]
         if short > 0:
             frames = torch.cat([frames, frames[:, -1:].expand(-1, short, -1, -1, -1)], dim=1)
-        x = self.convs(frames.transpose(1, 2))  # (B, 2c, F-3, H/4, W/4)
-        return self.proj(x.mean(dim=(2, 3, 4)))[:, None]
+        return self.convs(frames.transpose(1, 2)).mean(dim=(2, 3, 4))  # pooled over (F-3, H/4, W/4)
 
-    def reset(self) -> None:
-        """Zero the projection (the branch then adds nothing)."""
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
+    def direction_logits(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` logits that each clip shows the first verb of its reverse pair (``direction``'s reading)."""
+        return self.direction(self(frames)).squeeze(-1)
 
 
 class VideoEncoder(nn.Module):
@@ -206,7 +207,7 @@ class VideoEncoder(nn.Module):
         self.num_fused = num_fused
         in_chans = 6 if cfg.motion_stem else 3
         self.patch_embed = nn.Conv2d(in_chans, cfg.width, cfg.patch_size, stride=cfg.patch_size)
-        self.motion = MotionBranch(cfg.motion_branch, cfg.width) if cfg.motion_branch else None
+        self.motion = MotionBranch(cfg.motion_branch) if cfg.motion_branch else None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.num_patches, cfg.width))
         self.temporal_embed = nn.Parameter(torch.zeros(1, cfg.num_frames, cfg.width))
@@ -242,14 +243,6 @@ class VideoEncoder(nn.Module):
         cls = cls_token.expand(B, -1, -1) + self.pos_embed[:, :1]  # (B, 1, D)
         return torch.cat([cls, x + pos], dim=1)  # (B, 1 + F*N, D)
 
-    def add_motion(self, tokens: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-        """Add the motion branch's output for ``frames`` ``(B, F, 3, H, W)`` to the CLS token of ``tokens``
-        ``(k*B, T, D)`` (k streams of the same clips, e.g. dual and fusion); unchanged without a branch."""
-        if self.motion is None:
-            return tokens
-        motion = self.motion(frames).repeat(tokens.shape[0] // frames.shape[0], 1, 1)  # (k*B, 1, D)
-        return torch.cat([tokens[:, :1] + motion, tokens[:, 1:]], dim=1)
-
     def run_blocks(self, x: torch.Tensor, start: int, end: int, checkpoint: bool = False) -> torch.Tensor:
         """Run blocks ``start..end-1`` unfused (their cross-attention branches are not executed)."""
         for block in self.blocks[start:end]:
@@ -268,8 +261,6 @@ class VideoEncoder(nn.Module):
         nn.init.normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.zeros_(self.temporal_embed)
-        if self.motion is not None:
-            self.motion.reset()
         for block in self.blocks:
             reset_time_attention(block.time_attn, self.cfg.time_init)
 

@@ -190,10 +190,10 @@ def test_init_from_teacher_copies_exactly_the_matching_tensors() -> None:
     assert "text.layers.1.q.weight" in copied and "text.embeddings.word.weight" in copied
     assert not any(".cross." in k for k in copied)
     assert "text.layers.1.cross.q.weight" in {k for k, _ in report.skipped}  # fits alone, but not its branch
-    # of the video side (another width) only the motion branch's convolutions fit; its projection does not
+    # of the video side (another width) only the motion branch fits: its convolutions and direction head
     assert {k for k in copied if k.startswith("video.")} == {
         f"video.motion.convs.{i}.{p}" for i in (0, 3, 6) for p in ("weight", "bias")
-    }
+    } | {"video.motion.direction.weight", "video.motion.direction.bias"}
 
 
 def test_init_from_teacher_on_the_edge_presets_copies_the_minilm_text_encoder() -> None:

@@ -53,7 +53,7 @@ def _randomize_gates_and_motion(model: EgoVLPv2, scale: float = 1.0) -> None:
     with torch.no_grad():
         for i, gate in enumerate(model.gates()):
             gate.fill_(scale * (1 + i) / len(model.gates()))
-        torch.nn.init.normal_(model.video.motion.proj.weight, std=0.5)
+        torch.nn.init.normal_(model.motion_proj.weight, std=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -130,19 +130,27 @@ def test_export_records_hash_diff_and_mode(separate: Exported) -> None:
 
 
 def test_video_lower_outputs_follow_the_layout(separate: Exported, shared: Exported) -> None:
-    assert separate.specs["video_lower"].output_names == ["video_tokens", "fusion_video_tokens"]
-    assert shared.specs["video_lower"].output_names == ["video_tokens"]
+    # the test preset has the motion branch: its share of the dual embedding goes from the lower graph to the upper
+    assert separate.specs["video_lower"].output_names == ["video_tokens", "fusion_video_tokens", "video_motion"]
+    assert shared.specs["video_lower"].output_names == ["video_tokens", "video_motion"]
+    assert separate.specs["video_upper"].input_names == ["video_tokens", "video_motion"]
+    plain = graph_specs(create_model("egovlpv2_test", video={"motion_branch": 0}).cfg)
+    assert plain["video_lower"].output_names == ["video_tokens", "fusion_video_tokens"]
+    assert plain["video_upper"].input_names == ["video_tokens"]
     frames = _inputs(separate.model, 2, 3)[0]
     out = _run(separate, "video_lower", frames=frames)
     # the fusion stream starts from its own CLS token, so the two outputs differ
     assert np.abs(out["video_tokens"] - out["fusion_video_tokens"]).max() > 1e-3
+    with torch.no_grad():
+        _close(out["video_motion"], separate.model.video_motion(frames), separate.specs["video_lower"].atol)
 
 
 # ----- composed graphs equal the one-call PyTorch API ----------------------------------------------------------------
 def test_video_graphs_compose_to_encode_video(exported: Exported) -> None:
     frames = _inputs(exported.model, 3, 5)[0]
-    tokens = _run(exported, "video_lower", frames=frames)["video_tokens"]
-    emb = _run(exported, "video_upper", video_tokens=tokens)["video_embedding"]
+    lower = _run(exported, "video_lower", frames=frames)
+    emb = _run(exported, "video_upper", video_tokens=lower["video_tokens"], video_motion=lower["video_motion"])
+    emb = emb["video_embedding"]
     with torch.no_grad():
         want = exported.model.encode_video(frames, normalize=True)
     _close(emb, want, exported.specs["video_upper"].atol)

@@ -171,8 +171,8 @@ def test_cli_quantize_end_to_end_records_every_candidate(tmp_path: Path, capsys:
     with open_package(out) as pkg:  # the selected files run with float32 inputs
         spec = graph_specs(pkg.config)["video_upper"]
         s = ort.InferenceSession(str(pkg.graph_paths["video_upper"]), providers=["CPUExecutionProvider"])
-        x = np.zeros(spec.inputs[0].concrete(2), np.float32)
-        assert s.run(None, {spec.input_names[0]: x})[0].shape == spec.outputs[0].concrete(2)
+        feeds = {t.name: np.zeros(t.concrete(2), np.float32) for t in spec.inputs}  # tokens and the branch's share
+        assert s.run(None, feeds)[0].shape == spec.outputs[0].concrete(2)
 
 
 def test_package_rejects_a_selection_outside_the_measured_candidates(tmp_path: Path) -> None:

@@ -104,7 +104,7 @@ def test_lower_then_upper_equals_one_call(name: str) -> None:
     with torch.no_grad():
         v_tokens = model.video_lower(frames)
         t_tokens = model.text_lower(ids, mask)
-        assert torch.equal(model.video_upper(v_tokens), model.encode_video(frames))
+        assert torch.equal(model.video_upper(v_tokens, motion=model.video_motion(frames)), model.encode_video(frames))
         assert torch.equal(model.text_upper(t_tokens, mask), model.encode_text(ids, mask))
         one = model.forward_fusion(frames, ids, mask, mlm=True)
         fv, ft = model.fuse_upper(model.video_lower(frames, "fusion"), t_tokens, mask)
@@ -201,44 +201,49 @@ def test_motion_stem_sees_frame_differences() -> None:
     assert torch.equal(xp[:, 1 + N :], yp[:, 1 + N :])
 
 
-def test_motion_branch_adds_to_the_cls_token_entering_the_fused_blocks_only() -> None:
+def test_motion_branch_joins_the_dual_embedding_only() -> None:
     torch.manual_seed(0)
     model = create_model("egovlpv2_test", video={"motion_branch": 4})
     frames, _, _ = random_inputs(model)
-    video, branch = model.video, model.video.motion
+    branch = model.video.motion
     plain = create_model("egovlpv2_test", video={"motion_branch": 0})
-    assert plain.video.motion is None
-    assert plain.load_state_dict(model.state_dict(), strict=False).unexpected_keys == [
-        k for k in model.state_dict() if k.startswith("video.motion.")
-    ]
+    assert plain.video.motion is None and plain.motion_proj is None and plain.video_motion(frames) is None
+    assert set(plain.load_state_dict(model.state_dict(), strict=False).unexpected_keys) == {
+        k for k in model.state_dict() if k.startswith(("video.motion.", "motion_proj."))
+    }
     with torch.no_grad():
-        # the projection starts at zero: the same weights without the branch give the same tokens
-        x0 = model.video_lower(frames)
-        assert torch.equal(x0, plain.video_lower(frames))
-        torch.nn.init.normal_(branch.proj.weight)
-        # the input tokens do not see it: it joins where the tokens enter the top (fused) blocks
-        assert torch.equal(video.embed(frames, video.cls_token), plain.video.embed(frames, plain.video.cls_token))
-        x = model.video_lower(frames)
-        assert torch.equal(x[:, 1:], x0[:, 1:])
-        assert torch.allclose(x[:, :1], x0[:, :1] + branch(frames), atol=1e-6)
-        assert not torch.allclose(x[:, :1], x0[:, :1], atol=1e-3)
-        fused = model.video_lower(frames, "fusion")  # the fused stream gets it too
-        assert torch.allclose(fused[:, :1], plain.video_lower(frames, "fusion")[:, :1] + branch(frames), atol=1e-6)
-        # two streams of the same clips in one batch (the exported graph's layout) each get their clip's output
-        both = video.add_motion(torch.cat([x0, x0]), frames)
-        assert torch.allclose(both[len(frames) :], x, atol=1e-6) and torch.allclose(both[: len(frames)], x, atol=1e-6)
+        # the projection starts at zero: the same weights without the branch give the same embedding
+        assert model.motion_proj.weight.abs().sum() == 0
+        e0 = model.encode_video(frames)
+        assert torch.equal(e0, plain.encode_video(frames))
+        torch.nn.init.normal_(model.motion_proj.weight)
+        # the tokens (dual and fused streams) do not see it: it joins the dual embedding after the projection
+        for stream in ("dual", "fusion"):
+            assert torch.equal(model.video_lower(frames, stream), plain.video_lower(frames, stream))
+        motion = model.video_motion(frames)
+        assert motion.shape == e0.shape
+        assert torch.allclose(model.encode_video(frames), e0 + motion, atol=1e-6)
+        assert not torch.allclose(motion, torch.zeros_like(motion), atol=1e-3)
+        tokens = model.video_lower(frames)
+        assert torch.equal(model.video_upper(tokens, motion=motion), model.encode_video(frames))
         # every convolution spans two frames (a 2-frame clip repeats its last one), so their order matters
         assert [branch.convs[i].kernel_size[0] for i in (0, 3, 6)] == [2, 2, 2] and frames.shape[1] == 2
         assert not torch.allclose(branch(frames), branch(frames.flip(1)), atol=1e-4)
         padded = torch.cat([frames, frames[:, 1:], frames[:, 1:]], dim=1)
         assert torch.allclose(branch(frames), branch(padded), atol=1e-6)
+        assert branch.direction_logits(frames).shape == (frames.shape[0],)
+    # leaving out the branch's share is an error, not a silently different embedding
+    with pytest.raises(ValueError, match="pass motion=model.video_motion"):
+        model.video_upper(tokens)
+    with pytest.raises(ValueError, match="without a motion branch"):
+        plain.video_upper(tokens, motion=motion)
     # the weights do not depend on the frame count
     longer = create_model("egovlpv2_test", video={"motion_branch": 4, "num_frames": 8})
     assert all(t.shape == longer.video.motion.state_dict()[k].shape for k, t in branch.state_dict().items())
     # from zero, the projection gets a gradient at once (and the convolutions once it has moved)
     fresh = create_model("egovlpv2_test", video={"motion_branch": 4}).train()
     fresh.encode_video(frames).pow(2).sum().backward()
-    assert fresh.video.motion.proj.weight.grad.abs().sum() > 0
+    assert fresh.motion_proj.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="motion_branch -1 must be >= 0"):
         create_model("egovlpv2_test", video={"motion_branch": -1})
 

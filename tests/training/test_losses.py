@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from egovlpv2_edge.training.losses import (
+    direction_loss,
     egonce_loss,
     margin_loss,
     mlm_loss_sum,
@@ -116,6 +117,17 @@ def test_reverse_pair_loss_by_hand() -> None:
     two = reverse_pair_loss(torch.cat([clip, clip]), torch.cat([back, back]), torch.cat([text, text]),
                             torch.cat([rev, rev]), 1.0)  # fmt: skip
     assert two.item() == pytest.approx(2 * want, rel=1e-6)
+
+
+def test_direction_loss_by_hand() -> None:
+    forward, backward, first = torch.tensor([2.0, -1.0]), torch.tensor([0.0, 1.0]), torch.tensor([1, 0])
+    # labels: forward as given, backward flipped; BCE(x, 1) = log(1 + e^-x), BCE(x, 0) = log(1 + e^x)
+    want = (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(-1)) + math.log(2) + math.log(1 + math.exp(-1))) / 2
+    assert direction_loss(forward, backward, first).item() == pytest.approx(want, rel=1e-6)
+    # a clip that reads the same both ways cannot be right on both: log 2 at best
+    assert direction_loss(torch.zeros(3), torch.zeros(3), torch.tensor([1, 0, 1])).item() == pytest.approx(
+        3 * math.log(2), rel=1e-6
+    )
 
 
 def test_vtm_loss_by_hand() -> None:

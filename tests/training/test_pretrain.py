@@ -42,6 +42,7 @@ def test_two_process_torchrun_matches_one_process(synth, tmp_path) -> None:
     common = BASE + [f"data={synth}", "batch_size=8", "max_steps=3", "scene_negatives=true", "loss.fusion_start=0.34"]
     # the extra terms' averages span the processes too
     common += ["loss.reverse_weight=1.0", "loss.reverse_pair_weight=1.0", "loss.shuffle_weight=1.0"]
+    common += ["loss.direction_weight=1.0"]
     one = tmp_path / "one"
     train(resolve(PretrainConfig, None, common + [f"out={one}"]))
     two = tmp_path / "two"
@@ -53,9 +54,10 @@ def test_two_process_torchrun_matches_one_process(synth, tmp_path) -> None:
     a, b = _metrics(one), _metrics(two)
     assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
     assert a[0]["mlm"] == a[0]["vtm"] == 0.0 and all(r["mlm"] > 0 and r["vtm"] > 0 for r in a[1:])
-    assert all(r["reverse"] > 0 and r["reverse_pair"] > 0 and r["shuffle"] > 0 for r in a)
+    assert all(r["reverse"] > 0 and r["reverse_pair"] > 0 and r["shuffle"] > 0 and r["direction"] > 0 for r in a)
     for ra, rb in zip(a, b, strict=True):
-        for key in ("loss", "egonce", "mlm", "vtm", "reverse", "reverse_pair", "shuffle"):
+        assert ra["direction_acc"] == rb["direction_acc"]  # a share of the same global readings
+        for key in ("loss", "egonce", "mlm", "vtm", "reverse", "reverse_pair", "shuffle", "direction"):
             assert abs(ra[key] - rb[key]) <= 1e-4 * abs(ra[key]), (key, ra[key], rb[key])
 
 
@@ -194,3 +196,71 @@ def test_reverse_text_table_holds_each_clips_narration_with_the_reverse_verb(syn
     assert mask[verbs["pick_up"], nouns["red cup"]].tolist() == want.attention_mask[0].tolist()
     no_reverse = [i for i in range(len(verbs)) if not any(v == i for v, _ in narrations)]
     assert no_reverse and int(mask[no_reverse].sum()) == 0
+
+
+def _direction_task(first_of_pair: list[int] | None = None, branch: int = 4):
+    from egovlpv2_edge import create_model
+    from egovlpv2_edge.training.pretrain import LossConfig, PretrainTask
+
+    torch.manual_seed(0)
+    model = create_model("egovlpv2_test", video={"motion_branch": branch, "img_size": 32})
+    loss = LossConfig(direction_weight=1.0, mlm_weight=0.0, vtm_weight=0.0)
+    return PretrainTask(model, set(), 0, loss, 0, directional=[1, 2], first_of_pair=first_of_pair or [1])
+
+
+def test_direction_term_labels_each_clip_by_its_verbs_place_in_the_pair() -> None:
+    from egovlpv2_edge.training.losses import direction_loss
+
+    task = _direction_task()
+    video = torch.randn(4, 2, 3, 32, 32)
+    verb = torch.tensor([[0, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 1]])  # pair first, second, none, both (first wins)
+    loss, acc = task._direction_term(video, verb)
+    branch = task.model.video.motion
+    x = video[[0, 1, 3]]
+    logits = branch.direction_logits(torch.cat([x, x.flip(1)]))
+    first = torch.tensor([1, 0, 1])
+    assert loss.item() == pytest.approx(direction_loss(logits[:3], logits[3:], first).item() / 3, rel=1e-5)
+    right = ((logits[:3] > 0).long() == first).sum() + ((logits[3:] > 0).long() != first).sum()
+    assert acc.item() == pytest.approx(right.item() / 6)
+    # gradients reach the branch's convolutions and its direction head, not its projection or the transformer
+    loss.backward()
+    assert branch.direction.weight.grad.abs().sum() > 0 and branch.convs[0].weight.grad.abs().sum() > 0
+    assert task.model.motion_proj.weight.grad is None
+    assert all(p.grad is None for p in task.model.video.blocks.parameters())
+    # no directional clip: zero, and the branch still runs (an empty batch) so every process exchanges its gradients
+    none, _ = task._direction_term(video, torch.tensor([[1, 0, 0]] * 4))
+    assert none.item() == 0.0 and none.requires_grad
+
+
+def test_direction_term_teaches_the_branch_which_way_a_square_moves() -> None:
+    task = _direction_task()
+    branch = task.model.video.motion
+    opt = torch.optim.Adam(branch.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+
+    def clips(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        video = torch.zeros(n, 2, 3, 32, 32)
+        verb = torch.zeros(n, 3, dtype=torch.long)
+        for i in range(n):
+            right = bool(i % 2)  # verb 1 moves the square right, its reverse (verb 2) left
+            x0, y0 = int(torch.randint(4, 16, (1,), generator=gen)), int(torch.randint(0, 24, (1,), generator=gen))
+            for f, x in enumerate((x0, x0 + 8) if right else (x0 + 8, x0)):
+                video[i, f, :, y0 : y0 + 8, x : x + 8] = 1.0
+            verb[i, 1 if right else 2] = 1
+        return video, verb
+
+    held = clips(32)
+    before = task._direction_term(*held)[1].item()
+    for _ in range(60):
+        loss, _ = task._direction_term(*clips(16))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = task._direction_term(*held)[1].item()
+    assert after >= 0.9 and after > before, (before, after)
+
+
+def test_direction_term_needs_the_motion_branch() -> None:
+    with pytest.raises(ValueError, match="model.video.motion_branch"):
+        _direction_task(branch=0)

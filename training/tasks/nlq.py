@@ -67,7 +67,7 @@ def window_tokens(model: EgoVLPv2, store: ChunkedVideoStore, clip: NLQClip, wind
         tokens = model.video_lower(frames, "fusion")
         out.append(tokens)
         if model.fusion_cls_token is None:  # the fusion stream shares the dual CLS: its lower tokens are the dual ones
-            emb.append(model.video_upper(tokens, normalize=True))
+            emb.append(model.video_upper(tokens, normalize=True, motion=model.video_motion(frames)))
         else:
             emb.append(model.encode_video(frames, normalize=True))
     return torch.cat(out), torch.cat(emb)
