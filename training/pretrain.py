@@ -229,6 +229,14 @@ class PretrainTask(nn.Module):
         out = m.forward_fusion(video, input_ids, attention_mask)
         m.heads.standardize_poolers(out.video_cls, out.text_tokens, all_reduce_sum)
 
+    def _directional_clips(self, verb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The directional verb ids ``(D,)``, which of them each local clip has ``(b, D)``, the local clips with one
+        ``(b,)`` and their global count (at least 1; an all-reduce every process runs)."""
+        directional = torch.tensor(self.directional, device=verb.device)
+        picked = verb[:, directional] > 0
+        keep = picked.any(dim=1)
+        return directional, picked, keep, all_reduce_sum(keep.sum().to(torch.float32)).clamp(min=1.0)
+
     def _reverse_terms(
         self, video: torch.Tensor, verb: torch.Tensor, noun: torch.Tensor, text: torch.Tensor, vid: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,10 +261,7 @@ class PretrainTask(nn.Module):
         m, cfg = self.model, self.loss_cfg
         if cfg.reverse_pair_weight > 0 and self.reverse_text is None:
             raise ValueError("loss.reverse_pair_weight > 0 needs the data's reverse narrations (reverse_text_table)")
-        directional = torch.tensor(self.directional, device=verb.device)
-        picked = verb[:, directional] > 0  # (b, D)
-        keep = picked.any(dim=1)
-        count = all_reduce_sum(keep.sum().to(torch.float32)).clamp(min=1.0)
+        directional, picked, keep, count = self._directional_clips(verb)
         rev = pair = vid.new_zeros(())
         if not bool(keep.any()):  # after the count's all-reduce, so every process runs the same collectives
             return rev, pair
@@ -280,10 +285,7 @@ class PretrainTask(nn.Module):
         the branch on an empty batch, so its head takes part in the gradient exchange.
         """
         m = self.model
-        directional = torch.tensor(self.directional, device=verb.device)
-        picked = verb[:, directional] > 0  # (b, D)
-        keep = picked.any(dim=1)
-        count = all_reduce_sum(keep.sum().to(torch.float32)).clamp(min=1.0)
+        _, picked, keep, count = self._directional_clips(verb)
         first_mask = torch.tensor([v in self.first_of_pair for v in self.directional], device=verb.device)
         first = first_mask[picked[keep].to(torch.float32).argmax(dim=1)]  # (k,)
         x = video[keep]
