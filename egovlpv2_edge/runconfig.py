@@ -60,23 +60,27 @@ def _dataclass_type(cls: type, name: str) -> type | None:
     return type(value) if dataclasses.is_dataclass(value) else None
 
 
-def resolve(cls: type[T], file: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Defaults of ``cls``, then ``file`` (JSON), then ``key=value`` overrides.
+def resolve(cls: type[T], file: str | Path | list[str | Path] | None = None, overrides: list[str] | None = None) -> T:
+    """Defaults of ``cls``, then ``file`` (JSON; a list merges each in turn), then ``key=value`` overrides.
 
     Args:
         cls: A dataclass whose fields all have defaults (nested dataclasses allowed).
-        file: Optional JSON file with the keys to change.
+        file: Optional JSON file with the keys to change, or several, later ones winning.
         overrides: ``key=value`` strings, dotted keys for nested fields.
 
     Returns:
         The resolved instance.
     """
     data = dataclasses.asdict(cls())  # type: ignore[call-overload]
-    if file is not None:
-        path = Path(file)
+    files = file if isinstance(file, list) else [] if file is None else [file]
+    for item in files:
+        path = Path(item)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
-        data = merge(data, json.loads(path.read_text()))
+        try:
+            data = merge(data, json.loads(path.read_text()))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"config file {path} is not valid JSON ({exc}); fix it or leave it out") from exc
     data = merge(data, parse_overrides(overrides or []))
     return _build(cls, data, "")
 

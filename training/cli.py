@@ -5,10 +5,12 @@ Configuration is the :class:`~egovlpv2_edge.training.trainer.PretrainConfig` dat
 file (``--config``) and ``key=value`` overrides, e.g.::
 
     egovlp train pretrain data=data/synth out=runs/teacher preset=egovlpv2_small epochs=3
+    egovlp train pretrain --recipe cpu_teacher data=data/synth200 out=runs/teacher   # the 2-core CPU teacher
     torchrun --nproc_per_node 2 -m egovlpv2_edge.training.cli pretrain batch_size=32
     egovlp train finetune --task qa --init runs/teacher/teacher.pt data=data/synth out=runs/qa max_steps=200
 
-Fine-tuning reads :class:`~egovlpv2_edge.training.tasks.finetune.FinetuneConfig` the same way.
+``--recipe NAME`` starts from a shipped override file (``training/recipes/NAME.json``) before ``--config`` and the
+overrides. Fine-tuning reads :class:`~egovlpv2_edge.training.tasks.finetune.FinetuneConfig` the same way.
 """
 
 from __future__ import annotations
@@ -16,9 +18,31 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from importlib import resources
 from pathlib import Path
 
 from egovlpv2_edge.runconfig import resolve
+
+
+def _recipe_dir() -> Path:
+    return Path(str(resources.files("egovlpv2_edge.training").joinpath("recipes")))
+
+
+def recipes() -> list[str]:
+    """Names of the shipped pre-training recipes (``--recipe``), sorted."""
+    return sorted(p.stem for p in _recipe_dir().glob("*.json"))
+
+
+def recipe_file(name: str) -> Path:
+    """The override file of the shipped recipe ``name``.
+
+    Raises:
+        ValueError: No such recipe; the message lists the shipped ones.
+    """
+    path = _recipe_dir() / f"{name}.json"
+    if not path.is_file():
+        raise ValueError(f"unknown recipe {name!r}; shipped recipes: {', '.join(recipes())}")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="egovlp train", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     pre = sub.add_parser("pretrain", help="pre-train the teacher (EgoNCE + MLM + VTM)")
+    pre.add_argument("--recipe", choices=recipes(), help="shipped settings to start from (cpu_teacher: the CPU recipe)")
     pre.add_argument("--config", help="JSON file with the keys to change")
     pre.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys for nested fields)")
     ft = sub.add_parser("finetune", help="fine-tune a task head (qa, retrieval, nlq) from a pre-trained checkpoint")
@@ -39,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     from egovlpv2_edge.training.trainer import PretrainConfig, train
 
     try:
-        cfg = resolve(PretrainConfig, args.config, args.overrides)
+        files = ([recipe_file(args.recipe)] if args.recipe else []) + ([args.config] if args.config else [])
+        cfg = resolve(PretrainConfig, files, args.overrides)
     except (ValueError, FileNotFoundError) as exc:
         print(f"egovlp train: {exc}", file=sys.stderr)
         return 2

@@ -264,3 +264,27 @@ def test_direction_term_teaches_the_branch_which_way_a_square_moves() -> None:
 def test_direction_term_needs_the_motion_branch() -> None:
     with pytest.raises(ValueError, match="model.video.motion_branch"):
         _direction_task(branch=0)
+
+
+def test_cpu_teacher_recipe_sets_the_readme_recipe_and_yields_to_overrides(tmp_path) -> None:
+    from egovlpv2_edge.training.cli import main as train_main
+    from egovlpv2_edge.training.cli import recipe_file
+
+    cfg = resolve(PretrainConfig, [recipe_file("cpu_teacher")], ["max_steps=3"])
+    assert cfg.preset == "egovlpv2_small" and cfg.model == {"video": {"motion_branch": 16}}
+    assert (cfg.optim.video_lr_mult, cfg.optim.text_lr_mult) == (5, 0)
+    assert (cfg.loss.fusion_start, cfg.loss.reverse_weight, cfg.loss.direction_weight) == (0.75, 1, 1)
+    assert cfg.max_steps == 3  # command-line pairs win over the recipe
+    # a --config file merges over the recipe, key by key
+    extra = tmp_path / "extra.json"
+    extra.write_text('{"loss": {"reverse_weight": 2}}')
+    cfg = resolve(PretrainConfig, [recipe_file("cpu_teacher"), extra])
+    assert (cfg.loss.reverse_weight, cfg.loss.direction_weight, cfg.max_steps) == (2, 1, 1000)
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"loss": ')
+    with pytest.raises(ValueError, match="not valid JSON"):
+        resolve(PretrainConfig, broken)
+    with pytest.raises(ValueError, match="shipped recipes: cpu_teacher"):
+        recipe_file("gpu_teacher")
+    with pytest.raises(SystemExit):  # argparse names the choices
+        train_main(["pretrain", "--recipe", "gpu_teacher"])
