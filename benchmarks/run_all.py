@@ -40,8 +40,11 @@ class Bench:
 
 
 NOTES = {
-    "pretrain": "Clips count the scene negatives (each item brings a same-video, same-minute clip); training runs "
-    "three passes per clip (dual, fused MLM, fused VTM), forward and backward. The slower side is the bound: one "
+    "pretrain": "Clips count the scene negatives (each item brings a same-video, same-minute clip). With the paper's "
+    "settings training runs three passes per clip (dual, fused MLM, fused VTM), forward and backward; the CPU "
+    "teacher recipe (`egovlp train pretrain --recipe cpu_teacher`) runs its first 75% of steps in the dual-only "
+    "phase (EgoNCE, time-reversal and direction terms, the text encoder locked) and the rest in the fused one. "
+    "The slower side is the bound: one "
     "loader worker keeps up when data loading is several times faster than training.",
     "quantize": "Each variant is timed beside FP32 in the same process (batch 1 and 8) and its drift measured on "
     "held-out clips and texts; `egovlp compress quantize` keeps a variant only when it is faster by the margin and "
