@@ -69,7 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"egovlp train: {exc}", file=sys.stderr)
         return 2
-    final = train(cfg)
+    from egovlpv2_edge.training.data.egoclip import EgoClipFormatError
+    from egovlpv2_edge.training.data.video import VideoReadError
+
+    try:
+        final = train(cfg)
+    except (EgoClipFormatError, VideoReadError) as exc:  # bad data: the message names the item and the fix
+        print(f"egovlp train pretrain: {exc}", file=sys.stderr)
+        return 2
     print(f"teacher checkpoint: {final}")
     return 0
 

@@ -72,7 +72,7 @@ class LoopConfig:
     ckpt_every: int = 100
     resume: bool = True  # continue from out/last.pt when it exists
     device: str = "auto"
-    skip_bad: bool = False  # skip malformed csv rows (warned and counted) instead of failing
+    skip_bad: bool = False  # skip malformed csv rows and clips with missing/corrupt chunks (warned, counted)
 
 
 @dataclass(frozen=True)
@@ -304,6 +304,10 @@ def train(cfg: PretrainConfig) -> Path:
         save_checkpoint(model, final, step=state.step, tokenizer=str(out / "tokenizer.json"))
         _plot(state.history, out / "curves.png")
         log.info("wrote %s and %s", final, out / "curves.png")
+        if data.skipped:
+            log.warning("trained without %d bad item(s) (skip_bad=true): %d malformed csv row(s), %d clip(s) whose "
+                        "video chunks are missing or corrupt; see the warnings above", data.skipped,
+                        data.skipped - data.skipped_clips, data.skipped_clips)  # fmt: skip
     return final
 
 

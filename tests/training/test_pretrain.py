@@ -110,6 +110,30 @@ def test_run_writes_config_curves_and_checkpoint(synth, tmp_path) -> None:
     assert {"loss", "egonce", "mlm", "vtm", "lr", "clips_per_s"} <= set(row)
 
 
+def test_a_missing_chunk_stops_the_run_before_it_starts_or_is_skipped_and_counted(synth, tmp_path, caplog, capsys):
+    import shutil
+
+    from egovlpv2_edge.training.data.video import VideoReadError
+
+    data = tmp_path / "data"
+    shutil.copytree(synth, data)
+    chunk = sorted((data / "videos").glob("*/0.mp4"))[0]
+    chunk.unlink()
+    args = BASE + [f"data={data}", f"out={tmp_path / 'run'}", "batch_size=4", "max_steps=1"]
+    with pytest.raises(VideoReadError, match="does not exist.*skip_bad=true"):
+        train(resolve(PretrainConfig, None, args))
+    assert not (tmp_path / "run" / "last.pt").exists()  # nothing trained or saved
+    from egovlpv2_edge.training.cli import main as train_main
+
+    assert train_main(["pretrain", *args]) == 2  # the command prints the message, not a traceback
+    assert f"{chunk} does not exist" in capsys.readouterr().err
+    with caplog.at_level("WARNING"):
+        final = train(resolve(PretrainConfig, None, args + ["skip_bad=true"]))
+    assert final.name == "teacher.pt"
+    done = [r.getMessage() for r in caplog.records if "trained without" in r.getMessage()]
+    assert len(done) == 1 and "0 malformed csv row(s)" in done[0] and "missing or corrupt" in done[0]
+
+
 def test_bad_config_values_are_clear_errors(synth, tmp_path) -> None:
     with pytest.raises(ValueError, match="unknown key"):
         resolve(PretrainConfig, None, ["bacth_size=3"])

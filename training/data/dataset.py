@@ -23,7 +23,13 @@ from torch.utils.data import Dataset
 
 from egovlpv2_edge.training.data.egoclip import ClipRecord, read_egoclip, read_egomcq
 from egovlpv2_edge.training.data.taxonomy import multi_hot
-from egovlpv2_edge.training.data.video import ChunkedVideoStore, eval_transform, sample_times, train_transform
+from egovlpv2_edge.training.data.video import (
+    ChunkedVideoStore,
+    VideoReadError,
+    eval_transform,
+    sample_times,
+    train_transform,
+)
 
 __all__ = ["EgoClipDataset", "EgoMCQDataset", "collate"]
 
@@ -84,7 +90,8 @@ class EgoClipDataset(Dataset):
         mode: ``"train"`` (random frame per bin, random crop and flip) or ``"eval"`` (bin midpoints, centre crop).
         scene_negatives: Also return a clip from the same 60-s segment under ``neg_*`` keys.
         seed: Seed for sampling; items are reproducible per (seed, epoch, index).
-        skip_bad: Skip malformed csv rows with a warning each instead of raising.
+        skip_bad: Skip malformed csv rows, and clips whose video chunks are missing or corrupt, with a warning
+            each (a bad chunk once) and a count, instead of raising. Chunks are checked when the dataset is made.
         meta: Path of ``meta.json`` if it is not beside the csv.
         chunk_seconds: Chunk length; from ``meta.json`` (else 600) when None.
         fps: Frame rate; from ``meta.json`` (else from the files) when None.
@@ -107,16 +114,45 @@ class EgoClipDataset(Dataset):
                 raise ValueError(f"split={split!r} not found; splits in meta.json: {sorted(splits) or 'none'}")
             keep = set(splits[split]["clip_idx"])
             records = [r for r in records if r.clip_idx in keep]
-        self.records = records
+        self.reader = _ClipReader(video_root, num_frames, size, info, chunk_seconds, fps)
+        self.records = self._readable(records, skip_bad)
         self.mode, self.scene_negatives, self.seed, self.epoch = mode, scene_negatives, seed, 0
         self.n_verbs = _taxonomy_size(csv_path, "verbs.csv", table.records, "tag_verb")
         self.n_nouns = _taxonomy_size(csv_path, "nouns.csv", table.records, "tag_noun")
         self.no_flip = _verbs_with(csv_path, "mirror")  # a horizontal flip changes their meaning (left/right)
         self.directional = sorted(_verbs_with(csv_path, "reverse"))  # played backwards they become another verb
-        self.reader = _ClipReader(video_root, num_frames, size, info, chunk_seconds, fps)
         self.segments: dict[str, list[int]] = defaultdict(list)
-        for i, r in enumerate(records):
+        for i, r in enumerate(self.records):
             self.segments[r.segment_id].append(i)
+
+    def _readable(self, records: list[ClipRecord], skip_bad: bool) -> list[ClipRecord]:
+        """The records whose video chunks exist and open, checked before any training step.
+
+        A missing or undecodable chunk raises :class:`VideoReadError` (naming it and the fix); with ``skip_bad``
+        each such chunk is logged once as a warning, the clips that need it are left out, and their count is
+        added to ``self.skipped`` (``self.skipped_clips`` alone) and logged.
+        """
+        store = self.reader.store
+        bad: set[str] = set()  # one message per bad chunk
+        keep: list[ClipRecord] = []
+        for rec in records:
+            try:
+                store.check_chunks(rec.video_uid, rec.clip_start, min(rec.clip_end, rec.video_dur))
+            except VideoReadError as exc:
+                if not skip_bad:
+                    fix = "or set skip_bad=true to leave out the clips whose chunks are bad"
+                    raise VideoReadError(f"{exc} (needed by clip {rec.clip_idx}); {fix}") from exc
+                if str(exc) not in bad:
+                    bad.add(str(exc))
+                    logger.warning("skipping the clips that need a bad chunk: %s", exc)
+                continue
+            keep.append(rec)
+        self.skipped_clips = len(records) - len(keep)
+        self.skipped += self.skipped_clips
+        if self.skipped_clips:
+            logger.warning("skipped %d clip(s) of %d: %d video chunk(s) missing or corrupt", self.skipped_clips,
+                           len(records), len(bad))  # fmt: skip
+        return keep
 
     def set_epoch(self, epoch: int) -> None:
         """Change the sampling randomness (frame times, crops, negatives) for a new epoch."""

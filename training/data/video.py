@@ -108,6 +108,21 @@ class ChunkedVideoStore:
                                  "delete it and regenerate or re-download the video")  # fmt: skip
         return cap
 
+    def check_chunks(self, video_uid: str, start: float, end: float) -> None:
+        """Open every chunk that frames sampled from ``[start, end)`` seconds of ``video_uid`` can fall in.
+
+        The window's last frame is taken half a frame before ``end``, so a window that ends on a chunk boundary
+        does not ask for the next chunk.
+
+        Raises:
+            VideoReadError: A chunk is missing or cannot be opened for decoding (the first such).
+        """
+        fps = self.video_fps(video_uid)
+        per_chunk = max(1, int(round(self.chunk_seconds * fps)))
+        first, last = (self.frame_index(video_uid, t) // per_chunk for t in (start, max(start, end - 0.5 / fps)))
+        for k in range(first, last + 1):
+            self._open(self.chunk_path(video_uid, k)).release()
+
     def video_fps(self, video_uid: str) -> float:
         """The frame rate used for ``video_uid`` (the constructor's, or the first chunk's)."""
         if self.fps is not None:

@@ -82,6 +82,47 @@ def test_skip_bad_rows_in_dataset(tiny, tmp_path, caplog) -> None:
     assert any("line 4" in r.getMessage() for r in caplog.records)
 
 
+def test_bad_video_chunks_raise_before_training_or_are_skipped_and_counted(tiny, tmp_path, caplog) -> None:
+    import shutil
+
+    import numpy as np
+
+    from egovlpv2_edge.training.data.egoclip import read_egoclip
+    from egovlpv2_edge.training.data.video import VideoReadError
+
+    videos = tmp_path / "videos"
+    shutil.copytree(tiny / "videos", videos)
+    recs = list(read_egoclip(tiny / "egoclip.csv"))
+    uids = sorted({r.video_uid for r in recs})
+    (videos / uids[0] / "1.mp4").unlink()  # a missing chunk (the second 10 s of the first video)
+    (videos / uids[1] / "0.mp4").write_bytes(np.random.default_rng(0).bytes(4000))  # a corrupt one
+    args = dict(num_frames=2, size=32, split=None, chunk_seconds=TINY.chunk_seconds)
+    with pytest.raises(VideoReadError, match=r"1\.mp4 does not exist.*skip_bad=true"):
+        EgoClipDataset(tiny / "egoclip.csv", videos, **args)
+    (videos / uids[0] / "1.mp4").write_bytes((tiny / "videos" / uids[0] / "1.mp4").read_bytes())
+    with pytest.raises(VideoReadError, match=r"0\.mp4 cannot be decoded.*skip_bad=true"):
+        EgoClipDataset(tiny / "egoclip.csv", videos, **args)
+    (videos / uids[0] / "1.mp4").unlink()
+
+    def needs(rec, uid, k) -> bool:  # the clip's window overlaps chunk k of uid
+        end = min(rec.clip_end, rec.video_dur)
+        return rec.video_uid == uid and rec.clip_start < 10 * (k + 1) and end > 10 * k
+
+    bad = [r for r in recs if needs(r, uids[0], 1) or needs(r, uids[1], 0)]
+    assert bad and any(r.video_uid == uids[0] for r in bad) and any(r.video_uid == uids[1] for r in bad)
+    with caplog.at_level("WARNING", logger="egovlpv2_edge.training.data.dataset"):
+        ds = EgoClipDataset(tiny / "egoclip.csv", videos, skip_bad=True, scene_negatives=True, **args)
+    assert ds.skipped_clips == ds.skipped == len(bad) and len(ds) == len(recs) - len(bad)
+    assert {r.clip_idx for r in ds.records}.isdisjoint(r.clip_idx for r in bad)
+    warned = [r.getMessage() for r in caplog.records]
+    assert sum("skipping the clips that need a bad chunk" in m for m in warned) == 2  # once per chunk
+    assert any(f"skipped {len(bad)} clip(s) of {len(recs)}: 2 video chunk(s)" in m for m in warned)
+    kept = {r.clip_idx for r in ds.records}
+    for i in range(len(ds)):  # every clip left reads, and its scene negative is one of them
+        item = ds[i]
+        assert item["video"].shape == item["neg_video"].shape == (2, 3, 32, 32) and item["neg_clip_idx"] in kept
+
+
 def test_egomcq_dataset(tiny) -> None:
     ds = EgoMCQDataset(tiny / "egomcq.json", tiny / "videos", num_frames=2, size=32)
     item = ds[0]
