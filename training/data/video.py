@@ -92,6 +92,7 @@ class ChunkedVideoStore:
         self.chunk_seconds = float(chunk_seconds)
         self.fps = fps
         self._fps_cache: dict[str, float] = {}
+        self._opened: set[Path] = set()  # chunks check_chunks found readable
 
     def chunk_path(self, video_uid: str, k: int) -> Path:
         """Path of chunk ``k`` of ``video_uid``."""
@@ -121,7 +122,10 @@ class ChunkedVideoStore:
         per_chunk = max(1, int(round(self.chunk_seconds * fps)))
         first, last = (self.frame_index(video_uid, t) // per_chunk for t in (start, max(start, end - 0.5 / fps)))
         for k in range(first, last + 1):
-            self._open(self.chunk_path(video_uid, k)).release()
+            path = self.chunk_path(video_uid, k)
+            if path not in self._opened:  # each good chunk is opened once however many clips need it
+                self._open(path).release()
+                self._opened.add(path)
 
     def video_fps(self, video_uid: str) -> float:
         """The frame rate used for ``video_uid`` (the constructor's, or the first chunk's)."""
