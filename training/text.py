@@ -4,6 +4,7 @@ the dataset's narrations and saved with the run."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from egovlpv2_edge.config import TextConfig
@@ -19,7 +20,8 @@ def is_minilm(text: TextConfig) -> bool:
     return text.variant == "bert" and text.vocab_size == 30522 and text.width == 384
 
 
-def load_or_train_tokenizer(text: TextConfig, egoclip_csv: Path, out: Path, is_main: bool = True) -> Tokenizer:
+def load_or_train_tokenizer(text: TextConfig, egoclip_csv: Path, out: Path, is_main: bool = True,
+                            texts: Sequence[str] | None = None) -> Tokenizer:  # fmt: skip
     """Load (or make) the run's tokenizer and save it as ``out`` (one ``tokenizer.json``).
 
     Args:
@@ -27,6 +29,8 @@ def load_or_train_tokenizer(text: TextConfig, egoclip_csv: Path, out: Path, is_m
         egoclip_csv: Narrations to train a BPE on when the preset has no pretrained tokenizer.
         out: Where the run keeps its tokenizer; reused when it exists.
         is_main: Only the main process writes; the others wait and read.
+        texts: The narrations to train the BPE on instead of every row of ``egoclip_csv`` (pre-training passes its
+            training clips', already read, so bad rows it was told to skip are not read again).
     """
     # Only the main process decides and writes; every process then meets at the barrier and reads the same file.
     # (Deciding per process would race: a late process could see the file and skip the barrier.)
@@ -36,7 +40,7 @@ def load_or_train_tokenizer(text: TextConfig, egoclip_csv: Path, out: Path, is_m
 
             Tokenizer.from_pretrained_dir(minilm_path(), max_length=text.max_length).save(out)
         else:
-            texts = [r.clip_text for r in read_egoclip(egoclip_csv)]
+            texts = [r.clip_text for r in read_egoclip(egoclip_csv)] if texts is None else list(texts)
             log.info("training a %d-word byte-level BPE on %d narrations", text.vocab_size, len(texts))
             Tokenizer.train_bpe(texts, vocab_size=text.vocab_size, max_length=text.max_length).save(out)
     barrier()

@@ -233,7 +233,6 @@ def train(cfg: PretrainConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model = _init_model(cfg, info.device)
     root = Path(cfg.data)
-    tokenizer = load_or_train_tokenizer(model.cfg.text, root / "egoclip.csv", out / "tokenizer.json", info.is_main)
     data = EgoClipDataset(
         root / "egoclip.csv",
         root / "videos",
@@ -245,6 +244,9 @@ def train(cfg: PretrainConfig) -> Path:
         seed=cfg.seed,
         skip_bad=cfg.skip_bad,
     )
+    texts = [r.clip_text for r in data.records]  # a BPE tokenizer learns the training narrations
+    tokenizer = load_or_train_tokenizer(model.cfg.text, root / "egoclip.csv", out / "tokenizer.json", info.is_main,
+                                        texts)  # fmt: skip
     sampler = GlobalBatchSampler(len(data), cfg.batch_size, info.rank, info.world_size, cfg.seed)
     steps_per_epoch = len(data) // cfg.batch_size
     total = cfg.max_steps or steps_per_epoch * cfg.epochs

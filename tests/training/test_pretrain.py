@@ -134,6 +134,27 @@ def test_a_missing_chunk_stops_the_run_before_it_starts_or_is_skipped_and_counte
     assert len(done) == 1 and "0 malformed csv row(s)" in done[0] and "missing or corrupt" in done[0]
 
 
+def test_a_malformed_csv_row_stops_the_run_or_is_skipped_once_and_counted(synth, tmp_path, caplog, capsys) -> None:
+    import shutil
+
+    from egovlpv2_edge.training.cli import main as train_main
+
+    data = tmp_path / "data"
+    shutil.copytree(synth, data)
+    lines = (data / "egoclip.csv").read_text().splitlines()
+    lines[4] = lines[4].replace("\t[", "\tbroken[", 1)
+    (data / "egoclip.csv").write_text("\n".join(lines) + "\n")
+    args = BASE + [f"data={data}", f"out={tmp_path / 'run'}", "batch_size=4", "max_steps=1"]  # a BPE preset
+    assert train_main(["pretrain", *args]) == 2
+    err = capsys.readouterr().err
+    assert "egoclip.csv line 5" in err and "skip_bad=true" in err
+    with caplog.at_level("WARNING"):
+        assert train(resolve(PretrainConfig, None, args + ["skip_bad=true"])).name == "teacher.pt"
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("line 5" in m for m in messages) == 1  # warned once, though the tokenizer and the clips both need it
+    assert any("1 malformed csv row(s), 0 clip(s)" in m for m in messages)
+
+
 def test_bad_config_values_are_clear_errors(synth, tmp_path) -> None:
     with pytest.raises(ValueError, match="unknown key"):
         resolve(PretrainConfig, None, ["bacth_size=3"])

@@ -28,7 +28,7 @@ EGOCLIP_COLUMNS = (
     "clip_start", "clip_end", "clip_text", "tag_verb", "tag_noun",
 )  # fmt: skip
 MCQ_INTER, MCQ_INTRA = 1, 2
-_FIX = "fix the row, or read with skip_bad=True to skip bad rows"
+_FIX = "fix the row, or skip bad rows with skip_bad=true (egovlp train) / skip_bad=True (Python)"
 
 
 class EgoClipFormatError(ValueError):
