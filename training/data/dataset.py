@@ -140,7 +140,7 @@ class EgoClipDataset(Dataset):
                 store.check_chunks(rec.video_uid, rec.clip_start, min(rec.clip_end, rec.video_dur))
             except VideoReadError as exc:
                 if not skip_bad:
-                    fix = "or set skip_bad=true to leave out the clips whose chunks are bad"
+                    fix = "to pre-train without the clips whose chunks are bad, set skip_bad=true"
                     raise VideoReadError(f"{exc} (needed by clip {rec.clip_idx}); {fix}") from exc
                 if str(exc) not in bad:
                     bad.add(str(exc))
