@@ -25,7 +25,7 @@ from egovlpv2_edge.model.stats import count_macs
 from egovlpv2_edge.runconfig import resolve
 from egovlpv2_edge.training.cli import recipe_file
 from egovlpv2_edge.training.data.dataset import EgoClipDataset, collate
-from egovlpv2_edge.training.data.taxonomy import reverse_verbs
+from egovlpv2_edge.training.data.taxonomy import first_of_pairs
 from egovlpv2_edge.training.optim import build_optimizer
 from egovlpv2_edge.training.pretrain import LossConfig, PretrainTask
 from egovlpv2_edge.training.trainer import OptimConfig, PretrainConfig
@@ -103,7 +103,7 @@ def recipe_clips_per_s(data: str, recipe: str, batch: int, steps: int = 3) -> tu
     cfg = resolve(PretrainConfig, [recipe_file(recipe)], [f"data={data}", f"batch_size={batch}"])
     model = create_model(cfg.preset, **cfg.model).train()
     ds = EgoClipDataset(f"{data}/egoclip.csv", f"{data}/videos", model.cfg.video.num_frames, model.cfg.video.img_size)
-    first_of_pair = [v for v, rev in reverse_verbs(Path(data)).items() if v < int(rev["id"])]
+    first_of_pair = first_of_pairs(Path(data))
     fused_from = steps + 1
     task = PretrainTask(model, {0, 1, 2}, 3, cfg.loss, 0, fused_from, ds.directional, None, first_of_pair)
     opt = build_optimizer(model, cfg.optim)

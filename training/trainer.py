@@ -25,7 +25,7 @@ from egovlpv2_edge.checkpoint import load_checkpoint, load_minilm, save_checkpoi
 from egovlpv2_edge.runconfig import save_resolved
 from egovlpv2_edge.training.curves import plot_curves
 from egovlpv2_edge.training.data.dataset import EgoClipDataset, collate
-from egovlpv2_edge.training.data.taxonomy import reverse_narrations, reverse_verbs
+from egovlpv2_edge.training.data.taxonomy import first_of_pairs, reverse_narrations
 from egovlpv2_edge.training.distributed import DistInfo, barrier, init_distributed
 from egovlpv2_edge.training.optim import build_optimizer, cosine_schedule
 from egovlpv2_edge.training.pretrain import LossConfig, PretrainTask, reverse_text_table
@@ -256,7 +256,7 @@ def train(cfg: PretrainConfig) -> Path:
         narrations = reverse_narrations(root)
         m = model.cfg.text.max_length
         reverse_text = reverse_text_table(narrations, tokenizer, data.n_verbs, data.n_nouns, m)
-    first_of_pair = [v for v, rev in reverse_verbs(root).items() if v < int(rev["id"])]
+    first_of_pair = first_of_pairs(root)
     task = PretrainTask(
         model,
         tokenizer.special_ids,

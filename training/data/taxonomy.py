@@ -358,6 +358,11 @@ def reverse_verbs(root: Path) -> dict[int, dict[str, str]]:
     return {int(v["id"]): by_key[v["reverse"]] for v in verbs if v.get("reverse")}
 
 
+def first_of_pairs(root: Path) -> list[int]:
+    """The verb ids that come first in their reverse pair (the lower id of each pair; the direction term's label 1)."""
+    return [v for v, rev in reverse_verbs(root).items() if v < int(rev["id"])]
+
+
 def reverse_narrations(root: Path) -> dict[tuple[int, int], str]:
     """``(verb id, noun id)`` -> the narration of that noun under the verb's reverse (``"#C C puts down the red cup"``
     for pick up and the red cup), for every verb with a reverse and every noun of ``nouns.csv``; empty when either

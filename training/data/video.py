@@ -118,14 +118,18 @@ class ChunkedVideoStore:
         Raises:
             VideoReadError: A chunk is missing or cannot be opened for decoding (the first such).
         """
-        fps = self.video_fps(video_uid)
-        per_chunk = max(1, int(round(self.chunk_seconds * fps)))
+        fps, per_chunk = self._chunk_frames(video_uid)
         first, last = (self.frame_index(video_uid, t) // per_chunk for t in (start, max(start, end - 0.5 / fps)))
         for k in range(first, last + 1):
             path = self.chunk_path(video_uid, k)
             if path not in self._opened:  # each good chunk is opened once however many clips need it
                 self._open(path).release()
                 self._opened.add(path)
+
+    def _chunk_frames(self, video_uid: str) -> tuple[float, int]:
+        """The video's frame rate and the number of frames in each of its chunks."""
+        fps = self.video_fps(video_uid)
+        return fps, max(1, int(round(self.chunk_seconds * fps)))
 
     def video_fps(self, video_uid: str) -> float:
         """The frame rate used for ``video_uid`` (the constructor's, or the first chunk's)."""
@@ -159,8 +163,7 @@ class ChunkedVideoStore:
         """
         if len(times) == 0:
             raise ValueError("times is empty; pass at least one time")
-        fps = self.video_fps(video_uid)
-        per_chunk = max(1, int(round(self.chunk_seconds * fps)))
+        _, per_chunk = self._chunk_frames(video_uid)
         wanted = [self.frame_index(video_uid, t) for t in times]
         by_chunk: dict[int, list[int]] = {}
         for f in sorted(set(wanted)):
