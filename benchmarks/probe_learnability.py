@@ -4,6 +4,7 @@
         [--steps 300] [--lr 2e-4] [--batch 32] [--cnn | --motion-branch C | --branch-head]
     python benchmarks/probe_learnability.py vtm --data DATA --checkpoint CKPT [--steps 200] [--lr 1e-4]
         [--cross-lr-mult 4] [--video-lr-mult 5] [--standardize] [--negatives random|hard]
+    python benchmarks/probe_learnability.py qa --data DATA --checkpoint CKPT [--epochs 6] [--head-epochs 60]
 
 ``direction``: the video encoder (the checkpoint's, or a fresh one of ``--preset``) plus a linear head, trained to
 tell which verb of its reverse pair in the taxonomy (pick up / put down, open / close, ...) a clip shows, on the
@@ -19,6 +20,13 @@ hard``, sampled from the dual similarity as pre-training does), with the text ba
 ``--video-lr-mult 0`` locks the video backbone too and ``--standardize`` starts the VTM poolers from the training
 pairs' statistics. Both print held-out accuracy (chance 50%) as they go and a table at the end. Clips are decoded
 once, with the eval transform.
+
+``qa``: how much of the QA split the checkpoint's frozen features can answer, read three ways and fitted from
+scratch on the QA train questions: the QA head on the unfused ``[video CLS; text]`` features, the same head on the
+dual embeddings, and a question-conditioned reader (a small two-layer Transformer over the final unfused video
+tokens of the clip and the question's final text tokens, ``--epochs`` passes): what cross-attention over these
+tokens could read at best without changing them. It prints each one's test accuracy per question type, with the
+frames in order and shuffled, beside the answer prior.
 """
 
 from __future__ import annotations
@@ -219,9 +227,117 @@ def _vtm(args: argparse.Namespace) -> list[tuple[int, float, float, float]]:
     return rows
 
 
+class _Reader(nn.Module):
+    """A from-scratch Transformer over ``[CLS; video tokens; question tokens]``; answer logits from its CLS."""
+
+    def __init__(self, video_width: int, text_width: int, tokens: int, answers: int, width: int = 128) -> None:
+        super().__init__()
+        self.video, self.text = nn.Linear(video_width, width), nn.Linear(text_width, width)
+        self.cls = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos = nn.Parameter(0.02 * torch.randn(1, tokens, width))
+        layer = nn.TransformerEncoderLayer(width, 4, 4 * width, 0.1, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, answers))
+
+    def forward(self, video: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, T = video.shape[:2]
+        x = torch.cat([self.cls.expand(B, -1, -1), self.video(video), self.text(text)], 1)
+        pad = torch.cat([torch.zeros(B, 1 + T, dtype=torch.bool), mask == 0], 1)
+        return self.out(self.encoder(x + self.pos[:, : x.shape[1]], src_key_padding_mask=pad)[:, 0])
+
+
+@torch.no_grad()
+def _qa_tokens(model: EgoVLPv2, tok: Tokenizer, ds, length: int, shuffle: bool) -> dict:  # noqa: ANN001
+    """Final unfused video tokens per item (each window encoded once) and the questions' final text tokens."""
+    from torch.utils.data import DataLoader, Subset
+
+    from egovlpv2_edge.training.data.qa import collate_qa
+    from egovlpv2_edge.training.evaluate import _shuffle_frames
+
+    first, of = ds.windows()
+    gen, video = torch.Generator().manual_seed(0), []
+    for b in DataLoader(Subset(ds, first), batch_size=32, collate_fn=collate_qa):
+        clips = torch.stack([_shuffle_frames(x, gen) for x in b["video"]]) if shuffle else b["video"]
+        video.append(model.video_upper_tokens(model.video_lower(clips, "dual")).half())
+    t = tok.encode([q.question for q in ds.items], max_length=length)
+    ids, mask = torch.from_numpy(t.input_ids), torch.from_numpy(t.attention_mask)
+    text = torch.cat([model.text_upper_tokens(model.text_lower(i, m), m).half()
+                      for i, m in zip(ids.split(256), mask.split(256), strict=True)])  # fmt: skip
+    return {"video": torch.cat(video), "of": torch.tensor(of), "text": text, "mask": mask}
+
+
+def _qa(args: argparse.Namespace) -> None:
+    from collections import Counter
+
+    from egovlpv2_edge.training.data.qa import QADataset, read_qa
+    from egovlpv2_edge.training.tasks._setup import read_meta
+    from egovlpv2_edge.training.tasks.heads import QAHead, fit_qa_head
+    from egovlpv2_edge.training.tasks.qa import qa_feature_set, qa_text_length
+
+    if args.checkpoint is None:
+        raise SystemExit("probe qa: --checkpoint is required")
+    model, tok = _model(args)
+    v, qa = model.cfg.video, read_qa(args.data / "qa.json")
+    length = qa_text_length(model)
+    sets = {s: QADataset(qa, args.data / "videos", s, v.num_frames, v.img_size, "eval", read_meta(args.data))
+            for s in ("train", "test")}  # fmt: skip
+    y = {s: torch.tensor([d.fields(i)["answer"] for i in range(len(d))]) for s, d in sets.items()}
+    types = np.array([q.type for q in sets["test"].items])
+    rows: list[tuple[str, np.ndarray, np.ndarray | None]] = []
+    prior = {}
+    for t in set(q.type for q in sets["train"].items):
+        prior[t] = Counter(int(a) for a, q in zip(y["train"], sets["train"].items, strict=True) if q.type == t)
+    rows.append(("answer prior (per type)", np.array([prior[t].most_common(1)[0][0] for t in types]), None))
+    for kind, name in (("dual", "QA head on [video CLS; text]"), ("embedding", "QA head on the dual embeddings")):
+        x = {s: qa_feature_set(model, tok, d, length, kind) for s, d in sets.items()}
+        x_shuffled = qa_feature_set(model, tok, sets["test"], length, kind, shuffle_frames=True)
+        torch.manual_seed(args.seed)
+        head = QAHead(x["train"].shape[1], len(qa.answer_set), 0.2)
+        fit_qa_head(head, x["train"], y["train"], args.head_epochs, seed=args.seed)
+        with torch.no_grad():
+            rows.append((name, head.eval()(x["test"]).argmax(-1).numpy(), head(x_shuffled).argmax(-1).numpy()))
+    tr, te = _qa_tokens(model, tok, sets["train"], length, False), _qa_tokens(model, tok, sets["test"], length, False)
+    te_shuffled = _qa_tokens(model, tok, sets["test"], length, True)
+    vm, vs = tr["video"].float().mean((0, 1)), tr["video"].float().std((0, 1)) + 1e-6
+    tm, ts = tr["text"].float().mean((0, 1)), tr["text"].float().std((0, 1)) + 1e-6
+    torch.manual_seed(args.seed)
+    reader = _Reader(v.width, model.cfg.text.width, 1 + tr["video"].shape[1] + length, len(qa.answer_set))
+
+    def logits(d: dict, idx: torch.Tensor) -> torch.Tensor:
+        video = (d["video"][d["of"][idx]].float() - vm) / vs
+        return reader(video, (d["text"][idx].float() - tm) / ts, d["mask"][idx])
+
+    steps = args.epochs * -(-len(y["train"]) // 64)
+    opt = torch.optim.AdamW(reader.parameters(), lr=5e-4, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 5e-4, total_steps=max(steps, 1), pct_start=0.1)
+    for epoch in range(args.epochs):
+        reader.train()
+        for idx in torch.randperm(len(y["train"])).split(64):
+            loss = F.cross_entropy(logits(tr, idx), y["train"][idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        print(f"qa probe: reader epoch {epoch + 1}/{args.epochs}, loss {float(loss):.3f}", flush=True)
+    reader.eval()
+    with torch.no_grad():
+        pred = [torch.cat([logits(d, i).argmax(-1) for i in torch.arange(len(types)).split(256)]).numpy()
+                for d in (te, te_shuffled)]  # fmt: skip
+    rows.append(("reader over video and question tokens", pred[0], pred[1]))
+    answer = y["test"].numpy()
+    kinds = sorted(set(types))
+    print(f"\nqa probe, {args.checkpoint}, {len(answer)} test questions (train {len(y['train'])}), accuracy %")
+    print(f"| features | all | {' | '.join(kinds)} | all, frames shuffled |")
+    print("|---|" + "---|" * (len(kinds) + 2))
+    for name, p, shuffled in rows:
+        cells = [100 * (p == answer).mean()] + [100 * (p[types == k] == answer[types == k]).mean() for k in kinds]
+        last = "-" if shuffled is None else f"{100 * (shuffled == answer).mean():.1f}"
+        print(f"| {name} | " + " | ".join(f"{c:.1f}" for c in cells) + f" | {last} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("probe", choices=("direction", "vtm"))
+    p.add_argument("probe", choices=("direction", "vtm", "qa"))
     p.add_argument("--data", type=Path, required=True, help="an `egovlp data synth` dataset")
     p.add_argument("--checkpoint", type=Path, default=None, help="start from this checkpoint (vtm: required)")
     p.add_argument("--preset", default="egovlpv2_small", help="without --checkpoint: a fresh model of this preset")
@@ -257,10 +373,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=4, help="direction --cnn: frames per clip")
     p.add_argument("--size", type=int, default=64, help="direction --cnn: frame side")
     p.add_argument("--max-clips", type=int, default=1600, help="training clips decoded (held-out: a quarter)")
+    p.add_argument("--epochs", type=int, default=6, help="qa: passes of the reader over the train questions")
+    p.add_argument("--head-epochs", type=int, default=60, help="qa: epochs of each QA head")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
+    if args.probe == "qa":
+        _qa(args)
+        print(f"({time.perf_counter() - t0:.0f} s)")
+        return 0
     rows = (_direction if args.probe == "direction" else _vtm)(args)
     what = "the 3D CNN" if args.cnn else str(args.checkpoint or f"a fresh {args.preset}")
     what += ", the motion branch's direction head" if args.branch_head else ""

@@ -266,8 +266,9 @@ def question_tokens(questions: list[str], s_tok: Tokenizer, s_len: int, t_tok: T
 
 
 def warm_student_qa_head(task: Any, qa: QABatches, epochs: int, seed: int, show: bool = True) -> float | None:
-    """Fit the student's QA head alone on the student's fused video CLS of every QA train question (one pass, no
-    gradients into the student), before the fused terms start.
+    """Fit the student's QA head alone on the student's fused video CLS of the QA train questions (at most
+    :data:`~egovlpv2_edge.training.tasks._setup.WARM_START_QUESTIONS` of them; one pass, no gradients into the
+    student), before the fused terms start.
 
     A fresh student head meets features that the dual-only steps have just moved; trained from there by KL alone
     for a few fused steps it settles on one answer. Fitted first on the questions' answers (as the teacher's head
@@ -276,6 +277,7 @@ def warm_student_qa_head(task: Any, qa: QABatches, epochs: int, seed: int, show:
     """
     from egovlpv2_edge.progress import progress
     from egovlpv2_edge.training.data.qa import collate_qa
+    from egovlpv2_edge.training.tasks._setup import warm_start_subset
     from egovlpv2_edge.training.tasks.heads import QAHead, fit_qa_head, head_accuracy
 
     head, hook = task.heads[QA_HEAD], task.hooks[QA_HEAD]
@@ -289,8 +291,9 @@ def warm_student_qa_head(task: Any, qa: QABatches, epochs: int, seed: int, show:
         log.info("QA head warm start skipped: no answer of the QA split is in the head's vocabulary")
         return None
     (s_tok, t_tok), (s_len, t_len) = qa.tokenizers, qa.lengths
-    loader = DataLoader(qa.data, batch_size=64, collate_fn=collate_qa, num_workers=qa.num_workers,
-                        worker_init_fn=_worker_init, generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    loader = DataLoader(warm_start_subset(qa.data, seed), batch_size=64, collate_fn=collate_qa,
+                        num_workers=qa.num_workers, worker_init_fn=_worker_init,
+                        generator=torch.Generator().manual_seed(seed))  # fmt: skip
     student, xs, ys = task.student, [], []
     was_training = student.training
     student.eval()

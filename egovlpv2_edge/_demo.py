@@ -165,9 +165,10 @@ def run_stages(demo: Demo, only: list[str]) -> dict[str, float]:
     timings = _load_timings(demo)
     if only:
         first = min(i for i, st in enumerate(all_stages) if st.name in only)
-        for st in all_stages[first:]:  # a re-run makes what follows stale: it runs again next time
-            if st.name not in only:
+        for st in all_stages[first:]:  # a re-run makes what follows stale: it runs again next time, from the start
+            if st.name not in only:  # (its last.pt was trained on the outputs the re-run replaces)
                 demo.path(st.marker).unlink(missing_ok=True)
+                demo.path(st.marker).parent.joinpath("last.pt").unlink(missing_ok=True)
     last = max((i for i, st in enumerate(all_stages) if st.name in only), default=len(all_stages) - 1)
     todo = [st for st in all_stages[: last + 1] if st.name in only or not demo.path(st.marker).exists()]
     saved = demo.path("settings.json")

@@ -49,7 +49,7 @@ def stage_qa(demo: Any) -> None:
     """Fine-tune the teacher for QA (fused answer head + multiple-choice VTM): ``egovlp train finetune --task qa``.
 
     Only the cross-modal parameters train (``qa.train=fusion``): the dual encoders the student learns retrieval from
-    stay as pre-trained, and each clip's lower layers run once instead of once per step.
+    stay as pre-trained, and each window's lower layers run once for all its questions instead of once per step.
     """
     from egovlpv2_edge.training.cli import main as train_main
 

@@ -62,13 +62,15 @@ def test_tiny_demo_runs_every_stage_then_reuses_them(tmp_path, capsys) -> None:
     assert main(["--out", str(out), *TINY]) == 0
     assert time.perf_counter() - t0 < 10, "a finished demo is reused, not re-run"
     assert capsys.readouterr().out.count("reusing") == n
-    assert main(["--out", str(out), *TINY, "--stage", "stream"]) == 0  # one stage alone; the next one turns stale
+    (out / "student" / "last.pt").write_bytes(b"distilled from the QA checkpoint the re-run replaces")
+    assert main(["--out", str(out), *TINY, "--stage", "qa"]) == 0  # one stage alone; the ones after turn stale
     alone = capsys.readouterr().out
-    assert "stream a day of video through the runtime SDK: done" in alone and "ask are stale" in alone
-    assert not (out / "answers.json").exists()
+    assert "teacher QA fine-tuning: done" in alone and "distill, export, package" in alone and "are stale" in alone
+    assert not (out / "answers.json").exists() and not (out / "student" / "student.pt").exists()
+    assert not (out / "student" / "last.pt").exists(), "a stale stage starts over instead of resuming"
     assert main(["--out", str(out), *TINY]) == 0  # the plain run finishes what turned stale
     again = capsys.readouterr().out
-    assert "ask: sample searches and questions: done" in again and again.count("reusing") == n - 1
+    assert "ask: sample searches and questions: done" in again and again.count("reusing") == 3
     _check_outputs(out)
 
 

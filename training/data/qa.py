@@ -10,7 +10,8 @@ Five question types, answers from one closed vocabulary:
 - ``colour``: "what colour is the thing C opens?";
 - ``count``: "how many different objects did C handle?";
 - ``order``: "what did C do right after C opens the green box?" or "which object did C handle before C
-  closes the green box?" (the shuffled-frames control targets these).
+  closes the green box?", asked only in three-action windows whose other two actions differ in what is asked,
+  so that leaving out the named action does not give the answer (the shuffled-frames control targets these).
 
 Every question also carries five choices of the answer's kind (hard distractors from the window first) for
 multiple-choice answering by VTM score. File layout (``qa.json``)::
@@ -159,12 +160,16 @@ def _candidates(window: Sequence[dict]) -> dict[str, list[tuple[str, str, str, l
             out["colour"].append((q, a["colour"], "colour", colours))
     count = COUNT_WORDS[len(nouns)]
     out["count"].append(("how many different objects did C handle?", count, "count", []))
-    for a, b in zip(window, window[1:], strict=False):
+    for k, (a, b) in enumerate(zip(window, window[1:], strict=False)):
         a_name, b_name = noun_by_key(a["noun"]).name, noun_by_key(b["noun"]).name
-        if pairs[(a["verb"], a["noun"])] == 1 and a["verb"] != b["verb"]:
+        # only where the window's other actions offer more than one candidate: the answer cannot be found by
+        # leaving out the named action (a two-action window never qualifies), only by the actions' order
+        after = {x["verb"] for j, x in enumerate(window) if j != k}
+        before = {x["noun"] for j, x in enumerate(window) if j != k + 1}
+        if pairs[(a["verb"], a["noun"])] == 1 and a["verb"] != b["verb"] and len(after) > 1:
             q = f"what did C do right after C {_third_phrase(a['verb'], 'the ' + a_name)}?"
             out["order"].append((q, verb_answer(b["verb"]), "verb", verb_words))
-        if pairs[(b["verb"], b["noun"])] == 1 and a["noun"] != b["noun"]:
+        if pairs[(b["verb"], b["noun"])] == 1 and a["noun"] != b["noun"] and len(before) > 1:
             q = f"which object did C handle before C {_third_phrase(b['verb'], 'the ' + b_name)}?"
             out["order"].append((q, a_name, "noun", names))
     return out
@@ -181,38 +186,58 @@ def _choices(answer: str, kind: str, hard: Sequence[str], rng: np.random.Generat
     return choices, choices.index(answer)
 
 
-def build_qa(videos: Sequence[Sequence[dict]], video_split: dict[str, str], seed: int) -> list[QAItem]:
-    """Questions over windows of 2-3 consecutive actions, one per window, the type drawn among answerable ones.
+def build_qa(videos: Sequence[Sequence[dict]], video_split: dict[str, str], seed: int,
+             every_train_question: bool = True) -> list[QAItem]:  # fmt: skip
+    """Questions over windows of 2-3 consecutive actions.
+
+    Each window gets one question of the answerable type asked least so far (so the types are balanced in every
+    split); a window of a training video also gets every other question it can answer (``every_train_question``):
+    several labels per clip, where one per clip leaves a head to memorise the few thousand training clips.
 
     Args:
         videos: Per video, its action facts in order (the rows of ``actions.jsonl``).
         video_split: ``video_uid -> split``; videos without a split are skipped.
         seed: Seed of the window lengths, question choice and choice order.
+        every_train_question: Ask a training window every question it can answer, not one.
 
     Returns:
-        The items, in video order then window order.
+        The items, in video order then window order (a window's balanced question first).
     """
     rng = np.random.default_rng([seed, 7001])
     items: list[QAItem] = []
+    asked = Counter({t: 0 for t in QUESTION_TYPES})
     for actions in videos:
         if not actions or actions[0]["video_uid"] not in video_split:
             continue
+        split = video_split[actions[0]["video_uid"]]
         for i in range(len(actions) - 1):
             length = int(rng.integers(2, 4))
             window = actions[i : i + length]
             if len(window) < 2:
                 continue
             cands = _candidates(window)
+            # the answerable type asked least so far (ties drawn): "count" is answerable in every window and
+            # "order" in few, so a uniform draw would ask mostly counts and too few order questions to measure
             types = [t for t in QUESTION_TYPES if cands[t]]
+            fewest = min(asked[t] for t in types)
+            types = [t for t in types if asked[t] == fewest]
             qtype = types[int(rng.integers(len(types)))]
-            question, answer, kind, hard = cands[qtype][int(rng.integers(len(cands[qtype])))]
-            choices, index = _choices(answer, kind, hard, rng)
-            items.append(QAItem(
-                qid=f"qa_{len(items):06d}", video_uid=window[0]["video_uid"], start=float(window[0]["start"]),
-                end=float(window[-1]["end"]), actions=tuple(int(a["index"]) for a in window), type=qtype,
-                question=question, answer=answer, answer_kind=kind, choices=tuple(choices), answer_choice=index,
-                split=video_split[window[0]["video_uid"]],
-            ))  # fmt: skip
+            asked[qtype] += 1
+            chosen = [(qtype, cands[qtype][int(rng.integers(len(cands[qtype])))])]
+            if split == "train" and every_train_question:
+                chosen += [(t, c) for t in QUESTION_TYPES for c in cands[t]]
+            seen: set[str] = set()
+            for qt, (question, answer, kind, hard) in chosen:
+                if question in seen:
+                    continue
+                seen.add(question)
+                choices, index = _choices(answer, kind, hard, rng)
+                items.append(QAItem(
+                    qid=f"qa_{len(items):06d}", video_uid=window[0]["video_uid"], start=float(window[0]["start"]),
+                    end=float(window[-1]["end"]), actions=tuple(int(a["index"]) for a in window), type=qt,
+                    question=question, answer=answer, answer_kind=kind, choices=tuple(choices),
+                    answer_choice=index, split=split,
+                ))  # fmt: skip
     return items
 
 
@@ -309,6 +334,31 @@ class QADataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def window(self, i: int) -> tuple[str, float, float]:
+        """Item ``i``'s clip as ``(video_uid, start, end)``: items with the same window share their eval-mode clip."""
+        q = self.items[i]
+        return q.video_uid, q.start, q.end
+
+    def windows(self) -> tuple[list[int], list[int]]:
+        """One item per distinct window (its first, in order) and, for every item, the position of its window in
+        that list: a training window carries several questions, and a frozen encoder needs each clip once."""
+        pos: dict[tuple[str, float, float], int] = {}
+        first: list[int] = []
+        of = []
+        for i in range(len(self.items)):
+            key = self.window(i)
+            if key not in pos:
+                pos[key] = len(first)
+                first.append(i)
+            of.append(pos[key])
+        return first, of
+
+    def fields(self, i: int) -> dict[str, Any]:
+        """Item ``i`` without its clip (question, answer index, type, choices, answer_choice, qid)."""
+        q = self.items[i]
+        return {"question": q.question, "answer": self.index[q.answer], "type": q.type, "choices": list(q.choices),
+                "answer_choice": q.answer_choice, "qid": q.qid}  # fmt: skip
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         from egovlpv2_edge.training.data.egoclip import ClipRecord
 
@@ -318,9 +368,7 @@ class QADataset(Dataset):
                          narration_ind=-1, narration_time=(q.start + q.end) / 2, clip_start=q.start, clip_end=q.end,
                          clip_text=q.question, tag_verb=(), tag_noun=())  # fmt: skip
         video = self.reader.load(rec, self.mode, rng, hflip=False)  # a flip would swap left/right answers
-        return {"video": video, "question": q.question, "answer": self.index[q.answer], "type": q.type,
-                "choices": list(q.choices), "answer_choice": q.answer_choice,
-                "qid": q.qid}  # fmt: skip
+        return {"video": video, **self.fields(i)}
 
 
 def collate_qa(batch: list[dict[str, Any]]) -> dict[str, Any]:

@@ -95,6 +95,20 @@ def _qa(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, info: DistInfo) ->
     return TaskSetup(task, data, collate_qa, step, {"answers": list(qa.answer_set)}, params, task.head, cfg.qa.mode)
 
 
+WARM_START_QUESTIONS = 2500  # a head's warm start reads at most this many training questions (a random subset)
+
+
+def warm_start_subset(data: Dataset, seed: int, limit: int = WARM_START_QUESTIONS) -> Dataset:
+    """``data``, or a seeded random subset of ``limit`` of its items: a QA head's warm start (a linear probe first)
+    needs a few thousand questions, and every training window asks several."""
+    from torch.utils.data import Subset
+
+    if len(data) <= limit:
+        return data
+    pick = np.random.default_rng([seed, 4099]).choice(len(data), size=limit, replace=False)
+    return Subset(data, sorted(int(i) for i in pick))
+
+
 def warm_qa_head(task: nn.Module, data: Dataset, tok: Tokenizer, length: int, epochs: int, seed: int,
                  device: torch.device, workers: int = 1, show: bool = True) -> None:  # fmt: skip
     """Fit the QA task's answer head alone on the starting model's features of ``data`` (one pass, no gradients
@@ -106,7 +120,8 @@ def warm_qa_head(task: nn.Module, data: Dataset, tok: Tokenizer, length: int, ep
     from egovlpv2_edge.training.tasks.heads import fit_qa_head, head_accuracy
 
     cached = getattr(data, "cached", False)
-    loader = DataLoader(data, batch_size=64, collate_fn=collate_qa, num_workers=0 if cached else workers)
+    loader = DataLoader(warm_start_subset(data, seed), batch_size=64, collate_fn=collate_qa,
+                        num_workers=0 if cached else workers)  # fmt: skip
     was_training, xs, ys = task.training, [], []
     task.eval()
     with torch.no_grad():
@@ -143,30 +158,33 @@ def _retrieval(cfg: FinetuneConfig, model: EgoVLPv2, tok: Tokenizer, info: DistI
 
 
 def fused_layer_tokens(model: EgoVLPv2, clips: Dataset, info: DistInfo, workers: int = 1) -> list[dict[str, Any]]:
-    """Each item of ``clips`` with its ``video`` replaced by the tokens entering the fused layers (fusion stream,
-    frozen lower layers, float16 to halve the memory), computed once. Under ``torchrun`` each process computes
-    every ``world``-th item and all of them end up with the whole list, in order."""
+    """Each item of ``clips`` (a QA dataset, eval mode) with its ``video`` replaced by the tokens entering the fused
+    layers (fusion stream, frozen lower layers, float16 to halve the memory), computed once per distinct window
+    and shared by the window's questions. Under ``torchrun`` each process computes every ``world``-th window and
+    all of them end up with the whole list, in order."""
     from torch.utils.data import DataLoader, Subset
 
     from egovlpv2_edge.progress import progress
 
-    mine = list(range(info.rank, len(clips), info.world_size))
+    first, of = clips.windows()
+    mine = first[info.rank :: info.world_size]
     loader = DataLoader(Subset(clips, mine), batch_size=16, num_workers=workers, collate_fn=list)
     was_training, out = model.training, []
     model.eval()
-    bar = progress(total=len(mine), desc="QA clip tokens (once)", disable=not info.is_main, leave=False)
+    bar = progress(total=len(mine), desc="QA clip tokens (once per window)", disable=not info.is_main, leave=False)
     with torch.no_grad():
         for items in loader:
             frames = torch.stack([it["video"] for it in items]).to(info.device)
-            tokens = model.video_lower(frames, "fusion").to("cpu", torch.float16)
-            out += [{**it, "video": t} for it, t in zip(items, tokens, strict=True)]
+            out += list(model.video_lower(frames, "fusion").to("cpu", torch.float16))
             bar.update(len(items))
     bar.close()
     model.train(was_training)
-    items = all_gather_indexed(list(zip(mine, out, strict=True)), info.world_size)
+    index = {i: k for k, i in enumerate(first)}
+    tokens = all_gather_indexed([(index[i], t) for i, t in zip(mine, out, strict=True)], info.world_size)
+    items = [{**clips.fields(i), "video": tokens[w]} for i, w in enumerate(of)]
     if info.is_main:
-        mb = sum(it["video"].numel() * 2 for it in items) / 2**20
-        log.info("QA clip tokens: %d items, %.0f MiB", len(items), mb)
+        mb = sum(t.numel() * 2 for t in tokens) / 2**20
+        log.info("QA clip tokens: %d questions over %d windows, %.0f MiB", len(items), len(tokens), mb)
     return items
 
 

@@ -92,19 +92,17 @@ def _qa_loader(run: FinetunedRun, data: Path, split: str, limit: int | None) -> 
 
 
 @torch.no_grad()
-def _qa_pass(run: FinetunedRun, loader: DataLoader, length: int, shuffle: bool, feats: str = "head",
-             mc: bool = False) -> dict[str, list]:  # fmt: skip
-    """One pass over a QA split: predictions, answers, types, MC picks, or features (``feats="dual"``: the dual
-    probe's, ``"embedding"``: the gates-off head's)."""
+def _qa_pass(run: FinetunedRun, loader: DataLoader, length: int, shuffle: bool, mc: bool = False) -> dict[str, list]:
+    """One pass over a QA split: the head's predictions, answers, types and multiple-choice picks."""
     from egovlpv2_edge.training.evaluate import _shuffle_frames
-    from egovlpv2_edge.training.tasks.qa import QATask, dual_features, embedding_features
+    from egovlpv2_edge.training.tasks.qa import QATask
 
     task = QATask(run.model, run.vocab["answers"], run.mode or "fusion", mc_weight=0.0)
     task.head = run.head
     task.eval()
     gen = torch.Generator().manual_seed(0)
     out: dict[str, list] = {"pred": [], "answer": [], "type": [], "mc_vtm": [], "mc_head": [], "mc_gold": [],
-                            "mc_n": [], "features": []}  # fmt: skip
+                            "mc_n": []}  # fmt: skip
     index = {a: i for i, a in enumerate(run.vocab["answers"])}
     for b in loader:
         video = torch.stack([_shuffle_frames(x, gen) for x in b["video"]]) if shuffle else b["video"]
@@ -112,10 +110,6 @@ def _qa_pass(run: FinetunedRun, loader: DataLoader, length: int, shuffle: bool, 
         ids, mask = torch.from_numpy(tok.input_ids), torch.from_numpy(tok.attention_mask)
         out["answer"] += b["answer"].tolist()
         out["type"] += b["type"]
-        if feats in ("dual", "embedding"):
-            make = dual_features if feats == "dual" else embedding_features
-            out["features"].append(make(run.model, video, ids, mask))
-            continue
         logits = task.logits(video, ids, mask)
         out["pred"] += logits.argmax(-1).tolist()
         if not mc:
@@ -154,6 +148,8 @@ def evaluate_qa(run: FinetunedRun, data: str | Path, split: str = "test", shuffl
         probe_epochs: Epochs of the dual-feature head (0 skips that baseline).
         limit: Use only the first N items of each split.
     """
+    from egovlpv2_edge.training.tasks.qa import qa_feature_set
+
     data = Path(data)
     length = int(run.params.get("text_length", run.model.cfg.text.max_length))
     test, train = _qa_loader(run, data, split, limit), _qa_loader(run, data, "train", limit)
@@ -178,18 +174,18 @@ def evaluate_qa(run: FinetunedRun, data: str | Path, split: str = "test", shuffl
     fallback = Counter(index[q.answer] for q in train_items).most_common(1)[0][0]
     add("answer prior (per type)", [prior.get(t, fallback) for t in res["type"]], res, "answer prior")
     if probe_epochs > 0:
-        tr = _qa_pass(run, train, length, shuffle=False, feats="dual")
-        te = _qa_pass(run, test, length, shuffle=False, feats="dual")
-        head = _probe(torch.cat(tr["features"]), torch.tensor(tr["answer"]), len(index), run.head.dropout, probe_epochs)
+        x_train = qa_feature_set(run.model, run.tokenizer, train.dataset, length, "dual")
+        y_train = torch.tensor([train.dataset.fields(i)["answer"] for i in range(len(train.dataset))])
+        head = _probe(x_train, y_train, len(index), run.head.dropout, probe_epochs)
         with torch.no_grad():
-            pred = head(torch.cat(te["features"])).argmax(-1).tolist()
-        add("same head on dual features", pred, te, "same head on dual features")
+            pred = head(qa_feature_set(run.model, run.tokenizer, test.dataset, length, "dual")).argmax(-1).tolist()
+        add("same head on dual features", pred, res, "same head on dual features")
     mc_dual: list[int] = []
     if run.dual_head is not None:  # the gates-off head a package answers with (dual embeddings, device length)
-        te = _qa_pass(run, test, run.model.cfg.text.max_length, shuffle=False, feats="embedding")
+        x_test = qa_feature_set(run.model, run.tokenizer, test.dataset, run.model.cfg.text.max_length, "embedding")
         with torch.no_grad():
-            logits = run.dual_head(torch.cat(te["features"]))
-        add("gates-off head (dual embeddings)", logits.argmax(-1).tolist(), te, "gates-off head")
+            logits = run.dual_head(x_test)
+        add("gates-off head (dual embeddings)", logits.argmax(-1).tolist(), res, "gates-off head")
         for k, q in enumerate(test.dataset.items):  # the same head restricted to a question's choices
             if q.choices:
                 mc_dual.append(int(torch.argmax(logits[k, [index[c] for c in q.choices]])))

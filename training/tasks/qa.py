@@ -17,7 +17,7 @@ carry it as ``task["dual_head"]``; the exporter writes it into the package as ``
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,12 +27,13 @@ from torch import nn
 
 from egovlpv2_edge.model import EgoVLPv2, FusionOutput
 from egovlpv2_edge.tokenizer import Tokenizer
+from egovlpv2_edge.training.data.qa import QADataset
 from egovlpv2_edge.training.optim import CROSS_MARK
 from egovlpv2_edge.training.tasks.heads import QAHead
 
-__all__ = ["QATask", "choice_texts", "dual_features", "embedding_features", "fit_dual_qa_head",
-           "fusion_stream_from_dual", "qa_text_length", "scale_video_cross_attention",
-           "train_cross_modal_only"]  # fmt: skip
+__all__ = ["QATask", "choice_texts", "dual_features", "dual_text_features", "dual_video_features",
+           "embedding_features", "fit_dual_qa_head", "fusion_stream_from_dual", "qa_feature_set", "qa_text_length",
+           "scale_video_cross_attention", "train_cross_modal_only"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,19 @@ def qa_text_length(model: EgoVLPv2, wanted: int = 30) -> int:
     return max(4, min(wanted, cfg.max_positions - reserved))
 
 
+def dual_video_features(model: EgoVLPv2, video: torch.Tensor) -> torch.Tensor:
+    """The unfused video CLS ``(B, Dv)`` (before the projection): the video half of :func:`dual_features`."""
+    return model.video.features(model.video_upper_tokens(model.video_lower(video, "dual")))
+
+
+def dual_text_features(model: EgoVLPv2, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The unfused pooled text feature ``(B, Dt)``: the text half of :func:`dual_features`."""
+    return model.pool_text(model.text_upper_tokens(model.text_lower(ids, mask), mask), mask)
+
+
 def dual_features(model: EgoVLPv2, video: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Unfused ``[video CLS; text feature]`` ``(B, Dv + Dt)``: the inputs of the dual baseline head."""
-    v = model.video.features(model.video_upper_tokens(model.video_lower(video, "dual")))  # (B, Dv)
-    h = model.text_upper_tokens(model.text_lower(ids, mask), mask)  # (B, L, Dt)
-    return torch.cat([v, model.pool_text(h, mask)], dim=-1)
+    return torch.cat([dual_video_features(model, video), dual_text_features(model, ids, mask)], dim=-1)
 
 
 def embedding_features(model: EgoVLPv2, video: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -59,29 +68,53 @@ def embedding_features(model: EgoVLPv2, video: torch.Tensor, ids: torch.Tensor, 
     return torch.cat([model.encode_video(video, normalize=True), model.encode_text(ids, mask, normalize=True)], -1)
 
 
+_FEATURE_PARTS = {  # kind -> (video part, text part) of the frozen features a head is fitted on
+    "dual": (dual_video_features, dual_text_features),
+    "embedding": (lambda m, v: m.encode_video(v, normalize=True),
+                  lambda m, i, k: m.encode_text(i, k, normalize=True)),
+}  # fmt: skip
+
+
 @torch.no_grad()
-def _embedding_set(model: EgoVLPv2, tokenizer: Tokenizer, data_root: Path, split: str, answers: Mapping[str, int],
-                   show: bool) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    from torch.utils.data import DataLoader
+def qa_feature_set(model: EgoVLPv2, tokenizer: Tokenizer, data: QADataset, length: int, kind: str = "dual",
+                   shuffle_frames: bool = False, show: bool = False) -> torch.Tensor:  # fmt: skip
+    """Frozen unfused features ``(len(data), D)`` of every QA item: :func:`dual_features` (``kind="dual"``) or
+    :func:`embedding_features` (``"embedding"``), with each distinct window's clip encoded once (a training window
+    carries several questions) and each question at ``length`` tokens.
+
+    Args:
+        model: The model (call in eval mode).
+        tokenizer: Its tokenizer.
+        data: A :class:`~egovlpv2_edge.training.data.qa.QADataset` (eval mode).
+        length: Question length in tokens.
+        kind: ``"dual"`` or ``"embedding"``.
+        shuffle_frames: Shuffle each clip's frames (the order control; a fixed seed).
+        show: Progress bar.
+    """
+    from torch.utils.data import DataLoader, Subset
 
     from egovlpv2_edge.progress import progress
-    from egovlpv2_edge.training.data.qa import QADataset, collate_qa, read_qa
-    from egovlpv2_edge.training.tasks._setup import ensure_task_files, read_meta
+    from egovlpv2_edge.training.data.qa import collate_qa
+    from egovlpv2_edge.training.evaluate import _shuffle_frames
 
-    v = model.cfg.video
-    ds = QADataset(read_qa(ensure_task_files(data_root, "qa.json")), data_root / "videos", split, v.num_frames,
-                   v.img_size, "eval", read_meta(data_root))  # fmt: skip
+    if kind not in _FEATURE_PARTS:
+        raise ValueError(f"kind={kind!r}; valid: {', '.join(_FEATURE_PARTS)}")
+    video_part, text_part = _FEATURE_PARTS[kind]
     device = next(model.parameters()).device
-    xs, ys, names = [], [], {i: a for a, i in ds.index.items()}
-    loader = DataLoader(ds, batch_size=32, collate_fn=collate_qa, num_workers=1)
-    for b in progress(loader, desc=f"dual QA head: {split} embeddings", disable=not show, leave=False):
-        # the question as the device encodes it: the text graph's length (model.cfg.text.max_length)
-        tok = tokenizer.encode(b["question"], max_length=model.cfg.text.max_length)
+    first, of = data.windows()
+    gen = torch.Generator().manual_seed(0)
+    clips = []
+    loader = DataLoader(Subset(data, first), batch_size=32, collate_fn=collate_qa, num_workers=1)
+    for b in progress(loader, desc=f"QA {kind} features", disable=not show, leave=False):
+        video = torch.stack([_shuffle_frames(x, gen) for x in b["video"]]) if shuffle_frames else b["video"]
+        clips.append(video_part(model, video.to(device)).cpu())
+    questions = [q.question for q in data.items]
+    texts = []
+    for i in range(0, len(questions), 256):
+        tok = tokenizer.encode(questions[i : i + 256], max_length=length)
         ids, mask = torch.from_numpy(tok.input_ids).to(device), torch.from_numpy(tok.attention_mask).to(device)
-        xs.append(embedding_features(model, b["video"].to(device), ids, mask).cpu())
-        ys.append(torch.tensor([answers.get(names[int(a)], -1) for a in b["answer"]]))
-    x, y = torch.cat(xs), torch.cat(ys)
-    return x[y >= 0], y[y >= 0]  # questions whose answer the head scores
+        texts.append(text_part(model, ids, mask).cpu())
+    return torch.cat([torch.cat(clips)[torch.tensor(of)], torch.cat(texts)], dim=-1)
 
 
 def fit_dual_qa_head(model: EgoVLPv2, tokenizer: Tokenizer, data_root: str | Path, answers: Sequence[str],
@@ -103,12 +136,20 @@ def fit_dual_qa_head(model: EgoVLPv2, tokenizer: Tokenizer, data_root: str | Pat
         The checkpoint entry ``{"config", "state", "answers", "questions", "train_accuracy"}``
         (:func:`~egovlpv2_edge.training.tasks.checkpoint.dual_qa_head` reads it back).
     """
+    from egovlpv2_edge.training.data.qa import read_qa
+    from egovlpv2_edge.training.tasks._setup import ensure_task_files, read_meta
     from egovlpv2_edge.training.tasks.heads import fit_qa_head, head_accuracy
 
+    root, v = Path(data_root), model.cfg.video
+    ds = QADataset(read_qa(ensure_task_files(root, "qa.json")), root / "videos", "train", v.num_frames, v.img_size,
+                   "eval", read_meta(root))  # fmt: skip
     was_training = model.training
     model.eval()
     index = {a: i for i, a in enumerate(answers)}
-    x, y = _embedding_set(model, tokenizer, Path(data_root), "train", index, show)
+    # the question as the device encodes it: the text graph's length (model.cfg.text.max_length)
+    x = qa_feature_set(model, tokenizer, ds, model.cfg.text.max_length, "embedding", show=show)
+    y = torch.tensor([index.get(q.answer, -1) for q in ds.items])
+    x, y = x[y >= 0], y[y >= 0]  # questions whose answer the head scores
     model.train(was_training)
     if len(y) == 0:
         raise ValueError(f"no QA train question in {data_root} has an answer among the {len(answers)} given")

@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from egovlpv2_edge.training.data.nlq import NLQFormatError, read_nlq, window_starts
-from egovlpv2_edge.training.data.qa import QUESTION_TYPES, QADataset, QAFormatError, read_qa, verb_answer
+from egovlpv2_edge.training.data.qa import (
+    QUESTION_TYPES,
+    QADataset,
+    QAFormatError,
+    _candidates,
+    collate_qa,
+    read_qa,
+    verb_answer,
+)
 from egovlpv2_edge.training.data.synth import SynthConfig, generate_dataset, write_task_files
 from egovlpv2_edge.training.data.taxonomy import noun_by_key, verb_by_key
 
@@ -57,10 +65,14 @@ def test_order_questions_answer_the_neighbouring_action(small_data) -> None:
         named = [k for k, a in enumerate(window) if q.question.endswith(f"C {phrase(a)}?")]
         assert len(named) == 1, q.question
         k = named[0]
+        others = [a for j, a in enumerate(window) if j != k]  # leaving out the named action leaves two candidates
+        assert len(window) == 3
         if "right after" in q.question:  # the verb of the next action
             assert q.answer == verb_answer(window[k + 1]["verb"])
+            assert len({a["verb"] for a in others}) == 2
         else:  # "which object did C handle before ...": the object of the previous action
             assert q.answer == noun_by_key(window[k - 1]["noun"]).name
+            assert len({a["noun"] for a in others}) == 2
 
 
 def test_new_splits_are_deterministic_and_rebuildable(tmp_path) -> None:
@@ -87,6 +99,62 @@ def test_qa_dataset_samples_the_whole_window(small_data) -> None:
     assert qa.answer_set[item["answer"]] == ds.items[0].answer
     with pytest.raises(ValueError, match="no QA items in split"):
         QADataset(qa, small_data / "videos", "nope", 2, 32)
+
+
+def test_training_windows_ask_every_question_they_can_answer_and_held_out_windows_one(small_data) -> None:
+    qa, actions = read_qa(small_data / "qa.json"), _actions(small_data)
+    windows: dict[tuple, list] = {}
+    for q in qa.items:
+        windows.setdefault((q.split, q.video_uid, q.actions), []).append(q)
+    held_out = [qs for key, qs in windows.items() if key[0] != "train"]
+    assert held_out and all(len(qs) == 1 for qs in held_out)
+    train = [qs for key, qs in windows.items() if key[0] == "train"]
+    assert max(len(qs) for qs in train) > 1
+    for qs in train:
+        window = [actions[(qs[0].video_uid, i)] for i in qs[0].actions]
+        answerable = {(c[0], c[1]) for cands in _candidates(window).values() for c in cands}
+        assert sorted((q.question, q.answer) for q in qs) == sorted(answerable)
+
+
+def test_qa_dataset_windows_group_the_questions_of_one_clip(small_data) -> None:
+    meta = json.loads((small_data / "meta.json").read_text())
+    ds = QADataset(read_qa(small_data / "qa.json"), small_data / "videos", "train", 2, 32, "eval", meta)
+    first, of = ds.windows()
+    assert len(first) < len(of) == len(ds)
+    keys = [ds.window(i) for i in first]
+    assert len(set(keys)) == len(keys) and first == sorted(first)
+    assert all(ds.window(i) == keys[w] for i, w in enumerate(of))
+    i, j = next((i, j) for i in range(len(ds)) for j in range(i + 1, len(ds)) if of[i] == of[j])
+    assert ds.items[i].question != ds.items[j].question
+    assert torch.equal(ds[i]["video"], ds[j]["video"])  # eval clips of one window are the same frames
+    assert {k: v for k, v in ds[j].items() if k != "video"} == ds.fields(j)
+
+
+def test_qa_feature_set_encodes_each_window_once_and_equals_the_direct_features(small_data, pretrained,
+                                                                                monkeypatch) -> None:  # fmt: skip
+    from egovlpv2_edge.training.tasks.checkpoint import load_backbone
+    from egovlpv2_edge.training.tasks.qa import dual_features, embedding_features, qa_feature_set
+
+    model, tok = load_backbone(pretrained)
+    v = model.cfg.video
+    meta = json.loads((small_data / "meta.json").read_text())
+    ds = QADataset(read_qa(small_data / "qa.json"), small_data / "videos", "train", v.num_frames, v.img_size,
+                   "eval", meta)  # fmt: skip
+    clips, lower = [], model.video_lower
+    monkeypatch.setattr(model, "video_lower", lambda f, s="dual": clips.append(len(f)) or lower(f, s))
+    x = qa_feature_set(model, tok, ds, 12, "dual")
+    assert sum(clips) == len(ds.windows()[0]) < len(ds)
+    monkeypatch.undo()
+    pick = [0, 1, len(ds) - 1]
+    b = collate_qa([ds[i] for i in pick])
+    t = tok.encode(b["question"], max_length=12)
+    ids, mask = torch.from_numpy(t.input_ids), torch.from_numpy(t.attention_mask)
+    with torch.no_grad():
+        assert torch.allclose(x[pick], dual_features(model, b["video"], ids, mask), atol=1e-5)
+        emb = qa_feature_set(model, tok, ds, 12, "embedding")
+        assert torch.allclose(emb[pick], embedding_features(model, b["video"], ids, mask), atol=1e-5)
+    with pytest.raises(ValueError, match="valid: dual, embedding"):
+        qa_feature_set(model, tok, ds, 12, "fused")
 
 
 def test_qa_reader_rejects_bad_answers(tmp_path, small_data) -> None:

@@ -60,3 +60,16 @@ def test_direction_probe_labels_a_clip_by_the_verb_it_shows(small_data) -> None:
     clips = {"video": video, "key": [((ids["pick_up"],), [0]), ((ids["put_down"],), [0])]}
     out = probe._as_first_verb(clips, second)
     assert torch.equal(out[0], video[0]) and torch.equal(out[1], video[1].flip(0))
+
+
+def test_qa_probe_reads_a_checkpoint_three_ways(small_data, pretrained, capsys) -> None:
+    probe = _probe()
+    argv = ["qa", "--data", str(small_data), "--checkpoint", str(pretrained), "--epochs", "1", "--head-epochs", "2"]
+    assert probe.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(r"^\| (answer prior|QA head|reader)[^|]*\|(.*)\|$", out, re.M)
+    assert [r[0] for r in rows] == ["answer prior", "QA head", "QA head", "reader"]
+    for _, cells in rows:
+        values = [float(c) for c in cells.split("|") if c.strip() != "-"]
+        assert values and all(0 <= x <= 100 for x in values)
+    assert "reader epoch 1/1" in out and f"qa probe, {pretrained}" in out

@@ -258,3 +258,16 @@ def test_decode_spans_and_fixed_windows_by_hand() -> None:
     assert spans[1].tolist() != spans[0].tolist()
     base = fixed_window_baseline(10.0, 2.0, k=3)
     assert np.allclose(base, [[4.0, 6.0], [2 / 3, 8 / 3], [22 / 3, 28 / 3]])
+
+
+def test_warm_start_subset_caps_the_questions_a_head_warm_start_reads() -> None:
+    from egovlpv2_edge.training.tasks._setup import warm_start_subset
+
+    data = list(range(50))
+    assert warm_start_subset(data, seed=0, limit=50) is data
+    a, b = warm_start_subset(data, seed=0, limit=20), warm_start_subset(data, seed=0, limit=20)
+    picked = [a[i] for i in range(len(a))]
+    assert len(picked) == 20 == len(set(picked)) and picked == sorted(picked)
+    assert picked == [b[i] for i in range(len(b))]  # seeded
+    other = warm_start_subset(data, seed=1, limit=20)
+    assert picked != [other[i] for i in range(len(other))]
