@@ -318,7 +318,7 @@ def _qa(args: argparse.Namespace) -> None:
             loss.backward()
             opt.step()
             sched.step()
-        print(f"qa probe: reader epoch {epoch + 1}/{args.epochs}, loss {float(loss):.3f}", flush=True)
+        print(f"qa probe: reader epoch {epoch + 1}/{args.epochs}, loss {float(loss.detach()):.3f}", flush=True)
     reader.eval()
     with torch.no_grad():
         pred = [torch.cat([logits(d, i).argmax(-1) for i in torch.arange(len(types)).split(256)]).numpy()
