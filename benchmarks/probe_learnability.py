@@ -246,31 +246,21 @@ class _Reader(nn.Module):
         return self.out(self.encoder(x + self.pos[:, : x.shape[1]], src_key_padding_mask=pad)[:, 0])
 
 
-@torch.no_grad()
 def _qa_tokens(model: EgoVLPv2, tok: Tokenizer, ds, length: int, shuffle: bool) -> dict:  # noqa: ANN001
-    """Final unfused video tokens per item (each window encoded once) and the questions' final text tokens."""
-    from torch.utils.data import DataLoader, Subset
+    """Final unfused video tokens per window (each encoded once) and the questions' final text tokens."""
+    from egovlpv2_edge.training.tasks.qa import qa_parts
 
-    from egovlpv2_edge.training.data.qa import collate_qa
-    from egovlpv2_edge.training.evaluate import _shuffle_frames
-
-    first, of = ds.windows()
-    gen, video = torch.Generator().manual_seed(0), []
-    for b in DataLoader(Subset(ds, first), batch_size=32, collate_fn=collate_qa):
-        clips = torch.stack([_shuffle_frames(x, gen) for x in b["video"]]) if shuffle else b["video"]
-        video.append(model.video_upper_tokens(model.video_lower(clips, "dual")).half())
-    t = tok.encode([q.question for q in ds.items], max_length=length)
-    ids, mask = torch.from_numpy(t.input_ids), torch.from_numpy(t.attention_mask)
-    text = torch.cat([model.text_upper_tokens(model.text_lower(i, m), m).half()
-                      for i, m in zip(ids.split(256), mask.split(256), strict=True)])  # fmt: skip
-    return {"video": torch.cat(video), "of": torch.tensor(of), "text": text, "mask": mask}
+    video, of, text, mask = qa_parts(
+        model, tok, ds, length, lambda m, v: m.video_upper_tokens(m.video_lower(v, "dual")).half(),
+        lambda m, i, k: m.text_upper_tokens(m.text_lower(i, k), k).half(), shuffle,
+    )  # fmt: skip
+    return {"video": video, "of": of, "text": text, "mask": mask}
 
 
 def _qa(args: argparse.Namespace) -> None:
-    from collections import Counter
-
     from egovlpv2_edge.training.data.qa import QADataset, read_qa
     from egovlpv2_edge.training.tasks._setup import read_meta
+    from egovlpv2_edge.training.tasks.evaluate import answer_prior
     from egovlpv2_edge.training.tasks.heads import QAHead, fit_qa_head
     from egovlpv2_edge.training.tasks.qa import qa_feature_set, qa_text_length
 
@@ -284,10 +274,8 @@ def _qa(args: argparse.Namespace) -> None:
     y = {s: torch.tensor([d.fields(i)["answer"] for i in range(len(d))]) for s, d in sets.items()}
     types = np.array([q.type for q in sets["test"].items])
     rows: list[tuple[str, np.ndarray, np.ndarray | None]] = []
-    prior = {}
-    for t in set(q.type for q in sets["train"].items):
-        prior[t] = Counter(int(a) for a, q in zip(y["train"], sets["train"].items, strict=True) if q.type == t)
-    rows.append(("answer prior (per type)", np.array([prior[t].most_common(1)[0][0] for t in types]), None))
+    prior = answer_prior(y["train"].tolist(), [q.type for q in sets["train"].items])
+    rows.append(("answer prior (per type)", np.array([prior[t] for t in types]), None))
     for kind, name in (("dual", "QA head on [video CLS; text]"), ("embedding", "QA head on the dual embeddings")):
         x = {s: qa_feature_set(model, tok, d, length, kind) for s, d in sets.items()}
         x_shuffled = qa_feature_set(model, tok, sets["test"], length, kind, shuffle_frames=True)

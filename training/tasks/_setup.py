@@ -167,8 +167,8 @@ def fused_layer_tokens(model: EgoVLPv2, clips: Dataset, info: DistInfo, workers:
     from egovlpv2_edge.progress import progress
 
     first, of = clips.windows()
-    mine = first[info.rank :: info.world_size]
-    loader = DataLoader(Subset(clips, mine), batch_size=16, num_workers=workers, collate_fn=list)
+    mine = range(info.rank, len(first), info.world_size)  # positions in `first` (window indices)
+    loader = DataLoader(Subset(clips, [first[w] for w in mine]), batch_size=16, num_workers=workers, collate_fn=list)
     was_training, out = model.training, []
     model.eval()
     bar = progress(total=len(mine), desc="QA clip tokens (once per window)", disable=not info.is_main, leave=False)
@@ -179,8 +179,7 @@ def fused_layer_tokens(model: EgoVLPv2, clips: Dataset, info: DistInfo, workers:
             bar.update(len(items))
     bar.close()
     model.train(was_training)
-    index = {i: k for k, i in enumerate(first)}
-    tokens = all_gather_indexed([(index[i], t) for i, t in zip(mine, out, strict=True)], info.world_size)
+    tokens = all_gather_indexed(list(zip(mine, out, strict=True)), info.world_size)
     items = [{**clips.fields(i), "video": tokens[w]} for i, w in enumerate(of)]
     if info.is_main:
         mb = sum(t.numel() * 2 for t in tokens) / 2**20

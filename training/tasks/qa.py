@@ -17,7 +17,7 @@ carry it as ``task["dual_head"]``; the exporter writes it into the package as ``
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,8 +32,9 @@ from egovlpv2_edge.training.optim import CROSS_MARK
 from egovlpv2_edge.training.tasks.heads import QAHead
 
 __all__ = ["QATask", "choice_texts", "dual_features", "dual_text_features", "dual_video_features",
-           "embedding_features", "fit_dual_qa_head", "fusion_stream_from_dual", "qa_feature_set", "qa_text_length",
-           "scale_video_cross_attention", "train_cross_modal_only"]  # fmt: skip
+           "embedding_features", "embedding_text_features", "embedding_video_features", "fit_dual_qa_head",
+           "fusion_stream_from_dual", "qa_feature_set", "qa_parts", "qa_text_length", "scale_video_cross_attention",
+           "train_cross_modal_only"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -62,34 +63,50 @@ def dual_features(model: EgoVLPv2, video: torch.Tensor, ids: torch.Tensor, mask:
     return torch.cat([dual_video_features(model, video), dual_text_features(model, ids, mask)], dim=-1)
 
 
+def embedding_video_features(model: EgoVLPv2, video: torch.Tensor) -> torch.Tensor:
+    """The L2-normalised dual video embedding ``(B, E)``: the video half of :func:`embedding_features`."""
+    return model.encode_video(video, normalize=True)
+
+
+def embedding_text_features(model: EgoVLPv2, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The L2-normalised dual text embedding ``(B, E)``: the text half of :func:`embedding_features`."""
+    return model.encode_text(ids, mask, normalize=True)
+
+
 def embedding_features(model: EgoVLPv2, video: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Gates-off ``[video embedding; text embedding]`` ``(B, 2E)``, each L2-normalised: what a package's dual QA
     head reads (the ``video_upper`` and ``text_upper`` graph outputs)."""
-    return torch.cat([model.encode_video(video, normalize=True), model.encode_text(ids, mask, normalize=True)], -1)
+    return torch.cat([embedding_video_features(model, video), embedding_text_features(model, ids, mask)], -1)
 
 
 _FEATURE_PARTS = {  # kind -> (video part, text part) of the frozen features a head is fitted on
     "dual": (dual_video_features, dual_text_features),
-    "embedding": (lambda m, v: m.encode_video(v, normalize=True),
-                  lambda m, i, k: m.encode_text(i, k, normalize=True)),
-}  # fmt: skip
+    "embedding": (embedding_video_features, embedding_text_features),
+}
 
 
 @torch.no_grad()
-def qa_feature_set(model: EgoVLPv2, tokenizer: Tokenizer, data: QADataset, length: int, kind: str = "dual",
-                   shuffle_frames: bool = False, show: bool = False) -> torch.Tensor:  # fmt: skip
-    """Frozen unfused features ``(len(data), D)`` of every QA item: :func:`dual_features` (``kind="dual"``) or
-    :func:`embedding_features` (``"embedding"``), with each distinct window's clip encoded once (a training window
-    carries several questions) and each question at ``length`` tokens.
+def qa_parts(model: EgoVLPv2, tokenizer: Tokenizer, data: QADataset, length: int,
+             video_part: Callable[[EgoVLPv2, torch.Tensor], torch.Tensor],
+             text_part: Callable[[EgoVLPv2, torch.Tensor, torch.Tensor], torch.Tensor],
+             shuffle_frames: bool = False, show: bool = False, desc: str = "QA clips",
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """``video_part`` of each distinct window's clip (encoded once, however many questions ask about it) and
+    ``text_part`` of each question at ``length`` tokens.
 
     Args:
         model: The model (call in eval mode).
         tokenizer: Its tokenizer.
         data: A :class:`~egovlpv2_edge.training.data.qa.QADataset` (eval mode).
         length: Question length in tokens.
-        kind: ``"dual"`` or ``"embedding"``.
+        video_part: ``(model, frames (B, F, 3, H, W)) -> (B, ...)``.
+        text_part: ``(model, ids (B, L), mask (B, L)) -> (B, ...)``.
         shuffle_frames: Shuffle each clip's frames (the order control; a fixed seed).
-        show: Progress bar.
+        show: Progress bar (``desc``).
+
+    Returns:
+        The windows' video parts ``(W, ...)``, each item's window index ``(N,)``, the questions' text parts
+        ``(N, ...)`` and their attention masks ``(N, length)``.
     """
     from torch.utils.data import DataLoader, Subset
 
@@ -97,24 +114,32 @@ def qa_feature_set(model: EgoVLPv2, tokenizer: Tokenizer, data: QADataset, lengt
     from egovlpv2_edge.training.data.qa import collate_qa
     from egovlpv2_edge.training.evaluate import _shuffle_frames
 
-    if kind not in _FEATURE_PARTS:
-        raise ValueError(f"kind={kind!r}; valid: {', '.join(_FEATURE_PARTS)}")
-    video_part, text_part = _FEATURE_PARTS[kind]
     device = next(model.parameters()).device
     first, of = data.windows()
     gen = torch.Generator().manual_seed(0)
     clips = []
     loader = DataLoader(Subset(data, first), batch_size=32, collate_fn=collate_qa, num_workers=1)
-    for b in progress(loader, desc=f"QA {kind} features", disable=not show, leave=False):
+    for b in progress(loader, desc=desc, disable=not show, leave=False):
         video = torch.stack([_shuffle_frames(x, gen) for x in b["video"]]) if shuffle_frames else b["video"]
         clips.append(video_part(model, video.to(device)).cpu())
-    questions = [q.question for q in data.items]
-    texts = []
-    for i in range(0, len(questions), 256):
-        tok = tokenizer.encode(questions[i : i + 256], max_length=length)
-        ids, mask = torch.from_numpy(tok.input_ids).to(device), torch.from_numpy(tok.attention_mask).to(device)
-        texts.append(text_part(model, ids, mask).cpu())
-    return torch.cat([torch.cat(clips)[torch.tensor(of)], torch.cat(texts)], dim=-1)
+    tok = tokenizer.encode([q.question for q in data.items], max_length=length)
+    ids, mask = torch.from_numpy(tok.input_ids), torch.from_numpy(tok.attention_mask)
+    texts = [text_part(model, i.to(device), m.to(device)).cpu() for i, m in zip(ids.split(256), mask.split(256),
+                                                                              strict=True)]  # fmt: skip
+    return torch.cat(clips), torch.tensor(of), torch.cat(texts), mask
+
+
+def qa_feature_set(model: EgoVLPv2, tokenizer: Tokenizer, data: QADataset, length: int, kind: str = "dual",
+                   shuffle_frames: bool = False, show: bool = False) -> torch.Tensor:  # fmt: skip
+    """Frozen unfused features ``(len(data), D)`` of every QA item: :func:`dual_features` (``kind="dual"``) or
+    :func:`embedding_features` (``"embedding"``), with each distinct window's clip encoded once (a training window
+    carries several questions) and each question at ``length`` tokens (:func:`qa_parts`).
+    """
+    if kind not in _FEATURE_PARTS:
+        raise ValueError(f"kind={kind!r}; valid: {', '.join(_FEATURE_PARTS)}")
+    clips, of, texts, _ = qa_parts(model, tokenizer, data, length, *_FEATURE_PARTS[kind], shuffle_frames, show,
+                                   f"QA {kind} features")  # fmt: skip
+    return torch.cat([clips[of], texts], dim=-1)
 
 
 def fit_dual_qa_head(model: EgoVLPv2, tokenizer: Tokenizer, data_root: str | Path, answers: Sequence[str],
