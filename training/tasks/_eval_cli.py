@@ -6,6 +6,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 TASKS = ("qa", "retrieval", "nlq", "zeroshot")
 
@@ -26,8 +30,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", help="nlq: video root for --annotations (default: <data>/videos)")
     p.add_argument("--max-queries", type=int, default=0, help="nlq: evaluate at most N queries (0 = all)")
     p.add_argument("--classes", choices=["action", "verb"], default="action", help="zeroshot: class prompts")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu",
+                   help="qa: where the model runs (auto: CUDA when available; default %(default)s)")  # fmt: skip
     p.add_argument("--json", help="also write the results to this file")
     return p
+
+
+def _device(name: str) -> torch.device:
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but CUDA is not available; use --device cpu")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 
     data = Path(args.data)
     try:
+        if args.device != "cpu" and args.task != "qa":
+            raise ValueError(f"--device {args.device} applies to --task qa only; leave it out for {args.task}")
         if args.task == "zeroshot":
             from egovlpv2_edge.training.tasks.zeroshot import evaluate_zeroshot
 
@@ -49,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run = load_finetuned(args.checkpoint, args.task, args.tokenizer)
             if args.task == "qa":
+                run = ev.qa_run_to(run, _device(args.device))
                 table = ev.evaluate_qa(run, data, args.split, args.shuffle_frames, args.probe_epochs, args.limit)
             elif args.task == "retrieval":
                 table = ev.evaluate_retrieval(run, data, args.split, args.baseline)

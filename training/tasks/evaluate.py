@@ -82,13 +82,22 @@ def answer_prior(train_answers: Sequence[int], train_types: Sequence[str]) -> di
 def _qa_loader(run: FinetunedRun, data: Path, split: str, limit: int | None) -> DataLoader:
     from egovlpv2_edge.training.data.qa import QADataset, collate_qa, read_qa
     from egovlpv2_edge.training.tasks._setup import ensure_task_files, read_meta
+    from egovlpv2_edge.training.tasks.qa import load_workers
 
     qa = read_qa(ensure_task_files(data, "qa.json"))
     v = run.model.cfg.video
     ds = QADataset(qa, data / "videos", split, v.num_frames, v.img_size, "eval", read_meta(data))
     if limit:
         ds.items = ds.items[:limit]
-    return DataLoader(ds, batch_size=16, collate_fn=collate_qa, num_workers=1)
+    return DataLoader(ds, batch_size=16, collate_fn=collate_qa, num_workers=load_workers())
+
+
+def qa_run_to(run: FinetunedRun, device: torch.device) -> FinetunedRun:
+    """The QA run with its backbone and fused head on ``device`` (the gates-off head reads CPU features)."""
+    run.model.to(device)
+    if run.head is not None:
+        run.head.to(device)
+    return run
 
 
 @torch.no_grad()
@@ -104,13 +113,15 @@ def _qa_pass(run: FinetunedRun, loader: DataLoader, length: int, shuffle: bool, 
     out: dict[str, list] = {"pred": [], "answer": [], "type": [], "mc_vtm": [], "mc_head": [], "mc_gold": [],
                             "mc_n": []}  # fmt: skip
     index = {a: i for i, a in enumerate(run.vocab["answers"])}
+    device = next(run.model.parameters()).device
     for b in loader:
         video = torch.stack([_shuffle_frames(x, gen) for x in b["video"]]) if shuffle else b["video"]
         tok = run.tokenizer.encode(b["question"], max_length=length)
-        ids, mask = torch.from_numpy(tok.input_ids), torch.from_numpy(tok.attention_mask)
+        ids, mask = torch.from_numpy(tok.input_ids).to(device), torch.from_numpy(tok.attention_mask).to(device)
+        video = video.to(device)
         out["answer"] += b["answer"].tolist()
         out["type"] += b["type"]
-        logits = task.logits(video, ids, mask)
+        logits = task.logits(video, ids, mask).cpu()
         out["pred"] += logits.argmax(-1).tolist()
         if not mc:
             continue

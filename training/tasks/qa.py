@@ -17,6 +17,7 @@ carry it as ``task["dual_head"]``; the exporter writes it into the package as ``
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -85,6 +86,11 @@ _FEATURE_PARTS = {  # kind -> (video part, text part) of the frozen features a h
 }
 
 
+def load_workers() -> int:
+    """Clip-decoding workers for a pass over a QA split: one on a 2-core machine, up to 8 where cores allow."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
 @torch.no_grad()
 def qa_parts(model: EgoVLPv2, tokenizer: Tokenizer, data: QADataset, length: int,
              video_part: Callable[[EgoVLPv2, torch.Tensor], torch.Tensor],
@@ -118,7 +124,7 @@ def qa_parts(model: EgoVLPv2, tokenizer: Tokenizer, data: QADataset, length: int
     first, of = data.windows()
     gen = torch.Generator().manual_seed(0)
     clips = []
-    loader = DataLoader(Subset(data, first), batch_size=32, collate_fn=collate_qa, num_workers=1)
+    loader = DataLoader(Subset(data, first), batch_size=32, collate_fn=collate_qa, num_workers=load_workers())
     for b in progress(loader, desc=desc, disable=not show, leave=False):
         video = torch.stack([_shuffle_frames(x, gen) for x in b["video"]]) if shuffle_frames else b["video"]
         clips.append(video_part(model, video.to(device)).cpu())
@@ -277,7 +283,8 @@ class QATask(nn.Module):
                           length: int) -> torch.Tensor:  # fmt: skip
         """``softmax(VTM)[match]`` of each choice ``(K,)`` for one clip ``(F, 3, H, W)``."""
         tok = tokenizer.encode(choice_texts(question, choices), max_length=length)
-        ids, mask = torch.from_numpy(tok.input_ids), torch.from_numpy(tok.attention_mask)
+        ids = torch.from_numpy(tok.input_ids).to(video.device)
+        mask = torch.from_numpy(tok.attention_mask).to(video.device)
         clips = video.unsqueeze(0).expand(len(choices), *video.shape)
         return torch.softmax(self.model.forward_fusion(clips, ids, mask).vtm_logits, dim=-1)[:, 1]
 

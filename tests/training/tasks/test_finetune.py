@@ -89,6 +89,32 @@ def test_qa_finetune_run_outputs_and_checkpoint_vocab(small_data, pretrained, tm
             assert diff == pytest.approx(table["model (fusion head)"][metric] - table[row][metric]) and half >= 0
 
 
+def test_eval_device_errors_are_clear(small_data, pretrained, tmp_path, capsys) -> None:
+    ckpt = _finetune("qa", small_data, tmp_path / "qa", pretrained, "max_steps=1")
+    base = ["--checkpoint", str(ckpt), "--data", str(small_data), "--probe-epochs", "0"]
+    capsys.readouterr()
+    assert eval_main(["--task", "retrieval", *base, "--device", "auto"]) == 2
+    assert "--device auto applies to --task qa only" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert eval_main(["--task", "qa", *base, "--device", "cuda"]) == 2
+        assert "CUDA is not available; use --device cpu" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_qa_eval_on_cuda_matches_cpu(small_data, pretrained, tmp_path) -> None:
+    ckpt = _finetune("qa", small_data, tmp_path / "qa", pretrained, "max_steps=2")
+    tables = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / f"{device}.json"
+        argv = ["--task", "qa", "--checkpoint", str(ckpt), "--data", str(small_data), "--probe-epochs", "0",
+                "--shuffle-frames", "--device", device, "--json", str(out)]  # fmt: skip
+        assert eval_main(argv) == 0
+        tables[device] = json.loads(out.read_text())["rows"]
+    n = len(read_qa(small_data / "qa.json").split("test"))
+    for row in ("model (fusion head)", "model, shuffled frames", "multiple choice: VTM score"):
+        assert tables["cuda"][row]["all"] == pytest.approx(tables["cpu"][row]["all"], abs=100 / n + 1e-6)
+
+
 def test_qa_train_fusion_keeps_the_dual_encoders(small_data, pretrained, tmp_path, capsys) -> None:
     from egovlpv2_edge.training.tasks.qa import CROSS_MODAL_PREFIXES
 
