@@ -36,6 +36,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# Frames decoded and dropped rather than sought over: a seek (back to a key frame, then forward) costs about as
+# much as decoding ten small frames, and the frames of one clip lie a few apart (the same frames either way)
+SKIP_BY_DECODING = 12
+
 
 class VideoReadError(ValueError):
     """A chunk is missing or cannot be decoded (the message names the path and the fix)."""
@@ -188,7 +192,10 @@ class ChunkedVideoStore:
                 if i == pos:  # the same frame again (several times past the end)
                     ok, frame = True, last
                 else:
-                    if i != pos + 1:
+                    if pos < i <= pos + 1 + SKIP_BY_DECODING:  # a short gap: decoding through it beats a seek
+                        for _ in range(i - pos - 1):
+                            cap.grab()
+                    else:
                         cap.set(cv2.CAP_PROP_POS_FRAMES, i)
                     ok, frame = cap.read()
                 if not ok or frame is None:

@@ -66,6 +66,26 @@ def test_clip_spanning_two_chunks_reads_the_right_frames(tiny) -> None:
     assert [read_watermark(f) for f in shuffled] == expected[::-1]
 
 
+def test_short_gaps_are_decoded_through_and_long_ones_sought_with_the_same_frames(tiny) -> None:
+    import cv2
+
+    from egovlpv2_edge.training.data.video import SKIP_BY_DECODING
+
+    uid = read_egoclip(tiny / "egoclip.csv")[0].video_uid
+    cap = cv2.VideoCapture(str(tiny / "videos" / uid / "0.mp4"))
+    every = []  # the chunk decoded frame by frame
+    while (got := cap.read())[0]:
+        every.append(cv2.cvtColor(got[1], cv2.COLOR_BGR2RGB))
+    cap.release()
+    g = SKIP_BY_DECODING
+    wanted = [0, 1, 3, 3 + g + 1, 3 + 2 * g + 3, 3 + 2 * g + 4, 90]  # consecutive, short gaps, the longest short
+    assert wanted[-1] < len(every) and wanted[3] - wanted[2] - 1 == g  # gap, a gap one longer, a long gap
+    store = ChunkedVideoStore(tiny / "videos", chunk_seconds=TINY.chunk_seconds, fps=TINY.fps)
+    frames = store.read_frames(uid, [(i + 0.5) / TINY.fps for i in wanted])
+    assert [read_watermark(f) for f in frames] == wanted
+    assert all(np.array_equal(f, every[i]) for f, i in zip(frames, wanted, strict=True))
+
+
 def test_frames_are_rgb(tmp_path) -> None:
     import cv2
 
