@@ -35,7 +35,7 @@ class Demo:
     preset: str = "egovlpv2_small"  # teacher preset
     student_preset: str = "egovlpv2_edge"  # student preset
     student_model: dict[str, Any] = field(default_factory=dict)  # overrides merged over the student preset
-    steps: int = 480  # teacher pre-training steps
+    steps: int = 400  # teacher pre-training steps
     # share of them that trains the dual encoders alone (EgoNCE) before MLM and VTM join: the fused side does not
     # learn within a CPU demo's budget, so nearly all of it goes to the dual encoders that retrieval uses
     fusion_start: float = 0.95
@@ -45,9 +45,9 @@ class Demo:
     # two thirds as much, so the same minutes hold more steps)
     text_lr_mult: float = 0.0
     batch_size: int = 16  # pre-training and distillation clips per step (before scene negatives)
-    qa_steps: int = 50  # QA fine-tuning steps
+    qa_steps: int = 40  # QA fine-tuning steps
     qa_batch_size: int = 16
-    distill_steps: int = 300  # distillation steps
+    distill_steps: int = 250  # distillation steps
     # share of them with the dual terms alone (EgoNCE, affinity, embeddings) before the fused terms and the QA
     # head's join: the student's video encoder starts from scratch and learns from the dual terms, 3x cheaper
     distill_fused_start: float = 0.9
