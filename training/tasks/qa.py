@@ -98,7 +98,7 @@ def qa_parts(model: EgoVLPv2, tokenizer: Tokenizer, data: QADataset, length: int
              shuffle_frames: bool = False, show: bool = False, desc: str = "QA clips",
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """``video_part`` of each distinct window's clip (encoded once, however many questions ask about it) and
-    ``text_part`` of each question at ``length`` tokens.
+    ``text_part`` of each question at ``length`` tokens (each distinct question text encoded once).
 
     Args:
         model: The model (call in eval mode).
@@ -128,11 +128,15 @@ def qa_parts(model: EgoVLPv2, tokenizer: Tokenizer, data: QADataset, length: int
     for b in progress(loader, desc=desc, disable=not show, leave=False):
         video = torch.stack([_shuffle_frames(x, gen) for x in b["video"]]) if shuffle_frames else b["video"]
         clips.append(video_part(model, video.to(device)).cpu())
-    tok = tokenizer.encode([q.question for q in data.items], max_length=length)
+    questions = [q.question for q in data.items]
+    distinct = list(dict.fromkeys(questions))  # templated questions repeat across windows: each is encoded once
+    tok = tokenizer.encode(distinct, max_length=length)
     ids, mask = torch.from_numpy(tok.input_ids), torch.from_numpy(tok.attention_mask)
     texts = [text_part(model, i.to(device), m.to(device)).cpu() for i, m in zip(ids.split(256), mask.split(256),
                                                                               strict=True)]  # fmt: skip
-    return torch.cat(clips), torch.tensor(of), torch.cat(texts), mask
+    row = {q: k for k, q in enumerate(distinct)}
+    which = torch.tensor([row[q] for q in questions], dtype=torch.long)
+    return torch.cat(clips), torch.tensor(of), torch.cat(texts)[which], mask[which]
 
 
 def qa_feature_set(model: EgoVLPv2, tokenizer: Tokenizer, data: QADataset, length: int, kind: str = "dual",

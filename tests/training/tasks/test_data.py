@@ -141,11 +141,15 @@ def test_qa_feature_set_encodes_each_window_once_and_equals_the_direct_features(
     ds = QADataset(read_qa(small_data / "qa.json"), small_data / "videos", "train", v.num_frames, v.img_size,
                    "eval", meta)  # fmt: skip
     clips, lower = [], model.video_lower
+    texts, text_lower = [], model.text_lower
     monkeypatch.setattr(model, "video_lower", lambda f, s="dual": clips.append(len(f)) or lower(f, s))
+    monkeypatch.setattr(model, "text_lower", lambda i, m: texts.append(len(i)) or text_lower(i, m))
     x = qa_feature_set(model, tok, ds, 12, "dual")
     assert sum(clips) == len(ds.windows()[0]) < len(ds)
+    assert sum(texts) == len({q.question for q in ds.items}) < len(ds)  # each distinct question once
     monkeypatch.undo()
-    pick = [0, 1, len(ds) - 1]
+    repeated = next(i for i, q in enumerate(ds.items) if q.question in {p.question for p in ds.items[:i]})
+    pick = [0, 1, repeated, len(ds) - 1]
     b = collate_qa([ds[i] for i in pick])
     t = tok.encode(b["question"], max_length=12)
     ids, mask = torch.from_numpy(t.input_ids), torch.from_numpy(t.attention_mask)
