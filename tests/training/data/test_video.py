@@ -78,8 +78,10 @@ def test_short_gaps_are_decoded_through_and_long_ones_sought_with_the_same_frame
         every.append(cv2.cvtColor(got[1], cv2.COLOR_BGR2RGB))
     cap.release()
     g = SKIP_BY_DECODING
-    wanted = [0, 1, 3, 3 + g + 1, 3 + 2 * g + 3, 3 + 2 * g + 4, 90]  # consecutive, short gaps, the longest short
-    assert wanted[-1] < len(every) and wanted[3] - wanted[2] - 1 == g  # gap, a gap one longer, a long gap
+    # after each frame: the next one, a gap of 1, the longest gap decoded through (g), one longer (sought), the next
+    # one again, and a long gap (sought)
+    wanted = [0, 1, 3, 3 + g + 1, 3 + 2 * g + 3, 3 + 2 * g + 4, 90]
+    assert wanted[-1] < len(every) and wanted[3] - wanted[2] - 1 == g and wanted[4] - wanted[3] - 1 == g + 1
     store = ChunkedVideoStore(tiny / "videos", chunk_seconds=TINY.chunk_seconds, fps=TINY.fps)
     frames = store.read_frames(uid, [(i + 0.5) / TINY.fps for i in wanted])
     assert [read_watermark(f) for f in frames] == wanted
