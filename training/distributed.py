@@ -40,6 +40,18 @@ class DistInfo:
         return self.rank == 0
 
 
+def resolve_device(device: str = "auto", index: int = 0, option: str = "device=") -> torch.device:
+    """``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"`` as a device (CUDA device ``index``).
+
+    Raises:
+        ValueError: ``"cuda"`` without CUDA; the message names the setting as ``option`` spells it.
+    """
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{option}cuda but CUDA is not available; use {option}cpu")
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return torch.device("cuda", index) if use_cuda else torch.device("cpu")
+
+
 def init_distributed(device: str = "auto") -> DistInfo:
     """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); a single process otherwise.
 
@@ -49,10 +61,8 @@ def init_distributed(device: str = "auto") -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' but CUDA is not available; use device=cpu")
-    dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    dev = resolve_device(device, local)
+    use_cuda = dev.type == "cuda"
     if use_cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():

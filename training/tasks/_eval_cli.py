@@ -6,10 +6,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import torch
 
 TASKS = ("qa", "retrieval", "nlq", "zeroshot")
 
@@ -36,17 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _device(name: str) -> torch.device:
-    import torch
-
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda but CUDA is not available; use --device cpu")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run ``egovlp eval --task ...``; returns the exit status."""
     args = _parser().parse_args(argv)
+    from egovlpv2_edge.training.distributed import resolve_device
     from egovlpv2_edge.training.tasks import evaluate as ev
     from egovlpv2_edge.training.tasks.checkpoint import TaskCheckpointError, load_backbone, load_finetuned
 
@@ -65,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run = load_finetuned(args.checkpoint, args.task, args.tokenizer)
             if args.task == "qa":
-                run = ev.qa_run_to(run, _device(args.device))
+                run = ev.qa_run_to(run, resolve_device(args.device, option="--device "))
                 table = ev.evaluate_qa(run, data, args.split, args.shuffle_frames, args.probe_epochs, args.limit)
             elif args.task == "retrieval":
                 table = ev.evaluate_retrieval(run, data, args.split, args.baseline)
